@@ -1,0 +1,1 @@
+"""The prune & distill workbook's helper package (re-exports only)."""
