@@ -49,7 +49,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 corpus: setup
-	$(PY) -m helpers.corpus
+	$(PY) -m helpers.corpus --workers 2
 
 bench: setup
 	$(PY) benchmarks/importance_overhead.py

@@ -127,11 +127,22 @@ def generate_batch(model, tokenizer, prompts: list[str], cfg: CorpusConfig, seed
     return results
 
 
-def generate_shards(model, tokenizer, prompts: list[Prompt], shard_dir: Path, cfg: CorpusConfig) -> None:
-    """Generate every batch whose shard file is missing (resumable); shards are written atomically."""
+def generate_shards(
+    model, tokenizer, prompts: list[Prompt], shard_dir: Path, cfg: CorpusConfig, worker: tuple[int, int] = (0, 1)
+) -> None:
+    """Generate every batch whose shard file is missing (resumable); shards are written atomically.
+
+    ``worker=(k, n)`` takes only batches ``b % n == k``, so n single-threaded processes can share the work
+    (on a small CPU, n processes x 1 thread beat 1 process x n threads for batched decoding).
+    """
     shard_dir.mkdir(parents=True, exist_ok=True)
     batches = [prompts[i : i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
-    todo = [(b, batch) for b, batch in enumerate(batches) if not (shard_dir / f"{b:05d}.jsonl").exists()]
+    k, n = worker
+    todo = [
+        (b, batch)
+        for b, batch in enumerate(batches)
+        if b % n == k and not (shard_dir / f"{b:05d}.jsonl").exists()
+    ]
     bar = tqdm(todo, desc="generating corpus", unit="batch")
     t0, n_tok = time.time(), 0
     for b, batch in bar:
@@ -183,8 +194,17 @@ def iter_records(path: str | Path) -> Iterator[dict]:
             yield json.loads(line)
 
 
-def build(data_dir: str | Path = "data", cfg: CorpusConfig = CorpusConfig(), limit: int | None = None) -> dict:
-    """Generate (resumably) and finalize the corpus under ``data_dir/corpus``; write its manifest."""
+def build(
+    data_dir: str | Path = "data",
+    cfg: CorpusConfig = CorpusConfig(),
+    limit: int | None = None,
+    worker: tuple[int, int] = (0, 1),
+) -> dict | None:
+    """Generate (resumably) and finalize the corpus under ``data_dir/corpus``; write its manifest.
+
+    With ``worker=(k, n)``, n > 1, this process only generates its share and returns None; run the build
+    once more with the default worker to finalize.
+    """
     from .hardware import best_device, fast_dtype
     from .models import DEFAULT_TEACHER, load_model
 
@@ -193,10 +213,11 @@ def build(data_dir: str | Path = "data", cfg: CorpusConfig = CorpusConfig(), lim
     device = best_device()
     dtype = fast_dtype(device)
     model, tok = load_model(DEFAULT_TEACHER, dtype=dtype, device=device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     shard_dir = data_dir / "corpus" / "shards"
     t0 = time.time()
-    generate_shards(model, tok, prompts, shard_dir, cfg)
+    generate_shards(model, tok, prompts, shard_dir, cfg, worker)
+    if worker[1] > 1:
+        return None
     summary = finalize(shard_dir, data_dir / "corpus", tok, cfg)
     manifest = {
         "teacher": DEFAULT_TEACHER,
@@ -219,6 +240,25 @@ if __name__ == "__main__":
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts (for a quick try)")
     ap.add_argument("--batch-size", type=int, default=CorpusConfig.batch_size)
+    ap.add_argument("--workers", type=int, default=1, help="parallel single-threaded processes (default 1)")
+    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: this process's share
     args = ap.parse_args()
-    result = build(args.data_dir, CorpusConfig(batch_size=args.batch_size), args.limit)
+    cfg = CorpusConfig(batch_size=args.batch_size)
+    started = time.time()
+    if args.worker is not None:  # a child: generate one share with one thread
+        torch.set_num_threads(1)
+        build(args.data_dir, cfg, args.limit, worker=(args.worker, args.workers))
+        raise SystemExit(0)
+    if args.workers > 1:
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "helpers.corpus", "--data-dir", args.data_dir, "--workers", str(args.workers)]
+        cmd += ["--batch-size", str(args.batch_size)] + (["--limit", str(args.limit)] if args.limit else [])
+        children = [subprocess.Popen(cmd + ["--worker", str(k)]) for k in range(args.workers)]
+        if any(c.wait() for c in children):
+            raise SystemExit("a corpus worker failed; rerun `make corpus` to resume")
+    result = build(args.data_dir, cfg, args.limit)
+    result.update(build_seconds_this_session=round(time.time() - started, 1), workers=args.workers)
+    (Path(args.data_dir) / "corpus" / "manifest.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("sizes", "dropped", "build_seconds_this_session")}, indent=2))

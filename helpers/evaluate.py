@@ -161,9 +161,13 @@ class Speed:
 
 @torch.no_grad()
 def measure_speed(
-    model, prompt_tokens: int = 256, new_tokens: int = 64, repeats: int = 3, use_autocast: bool = True
+    model, prompt_tokens: int = 256, new_tokens: int = 64, repeats: int = 3, use_autocast: bool = False
 ) -> Speed:
-    """Median of ``repeats`` runs (after one warm-up) of prefill and KV-cached greedy decode at batch 1."""
+    """Median of ``repeats`` runs (after one warm-up) of prefill and KV-cached greedy decode at batch 1.
+
+    Runs in the model's own dtype by default: autocast re-casts every weight on every call, which costs
+    more than a one-token decode step (to time bf16, convert a copy with ``model.to(torch.bfloat16)``).
+    """
     model.eval()
     device = next(model.parameters()).device
     vocab = model.config.vocab_size

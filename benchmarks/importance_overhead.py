@@ -1,0 +1,111 @@
+"""How much does the hooked importance pass cost compared with a plain forward pass? (target: <= 1.15x)
+
+Both run over the SAME batches with the same autocast setting, under ``torch.inference_mode``; after one
+warm-up each, they are timed ``--repeats`` times in alternating order and the medians are compared, in
+wall time and in this process's CPU time (robust when other jobs share the cores; ``--threads 1`` makes
+it cleanest).
+The importance pass (``helpers.importance.estimate_importance``) runs the decoder stack only (scores need
+no logits), so we also time a plain decoder-only forward: that ratio isolates the cost of the hooks.
+
+    python benchmarks/importance_overhead.py --batches 4 --batch-size 4 --seq 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from helpers import architecture as arch  # noqa: E402
+from helpers.hardware import autocast as fast_autocast  # noqa: E402
+from helpers.hardware import best_device  # noqa: E402
+from helpers.importance import estimate_importance  # noqa: E402
+from helpers.models import DEFAULT_TEACHER, load_model  # noqa: E402
+
+
+def make_batches(tokenizer, vocab_size: int, args: argparse.Namespace) -> list[torch.Tensor]:
+    """``--batches`` LongTensors [batch_size, seq]: held-out corpus blocks, or seeded random token ids."""
+    n = args.batches * args.batch_size
+    if args.data == "heldout":
+        from helpers.data import load_blocks
+
+        blocks = load_blocks(tokenizer, split="heldout", block_size=args.seq, max_blocks=n)
+        if len(blocks) < n:
+            raise SystemExit(f"Only {len(blocks)} held-out blocks of {args.seq} tokens; use fewer or --data random.")
+    else:
+        blocks = torch.randint(0, vocab_size, (n, args.seq), generator=torch.Generator().manual_seed(0))
+    return list(blocks.split(args.batch_size))
+
+
+def plain_forward(model, batches: list[torch.Tensor], autocast: bool, decoder_only: bool) -> None:
+    net = arch.base(model) if decoder_only else model
+    with torch.inference_mode(), fast_autocast(model.device, enabled=autocast):
+        for ids in batches:
+            net(input_ids=ids.to(model.device), use_cache=False)
+
+
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). CPU time barely moves when other jobs share the cores."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_TEACHER, help="embedded alias, local folder or Hub id")
+    p.add_argument("--batches", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", choices=("random", "heldout"), default="random")
+    p.add_argument("--no-autocast", action="store_true", help="fp32 everywhere (default: bf16 autocast if fast)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = best_device()
+    model, tok = load_model(args.model, device=device)
+    batches = make_batches(tok, model.config.vocab_size, args)
+    autocast = not args.no_autocast
+    runs = {
+        "forward": lambda: plain_forward(model, batches, autocast, decoder_only=False),
+        "decoder-only forward": lambda: plain_forward(model, batches, autocast, decoder_only=True),
+        "importance pass": lambda: estimate_importance(model, batches, autocast=autocast, progress=False),
+    }
+    for fn in runs.values():  # warm-up: allocator, kernels, lazy init
+        fn()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for r in range(args.repeats):
+        names = list(runs) if r % 2 == 0 else list(runs)[::-1]  # alternate the order: no position bias
+        for name in names:
+            times[name].append(timed(runs[name], device))
+
+    tokens = args.batches * args.batch_size * args.seq
+    print(f"model={args.model} device={device} autocast={autocast} threads={torch.get_num_threads()} "
+          f"batches={args.batches}x[{args.batch_size}, {args.seq}] ({tokens} tokens) repeats={args.repeats}")
+    for k, clock in enumerate(("wall", "CPU")):
+        med = {name: statistics.median(t[k] for t in ts) for name, ts in times.items()}
+        print(f"{clock} time (median of {args.repeats}):")
+        for name, t in med.items():
+            print(f"  {name:<22} {t:7.3f} s  ({tokens / t:7.0f} tokens/s)  all: "
+                  + ", ".join(f"{x[k]:.3f}" for x in times[name]))
+        print(f"  ratio importance / forward              = {med['importance pass'] / med['forward']:.3f}"
+              "  (target <= 1.15)")
+        print(f"  ratio importance / decoder-only forward = {med['importance pass'] / med['decoder-only forward']:.3f}"
+              "  (the hooks alone)")
+
+
+if __name__ == "__main__":
+    main()

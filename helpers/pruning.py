@@ -1,0 +1,389 @@
+"""Structured pruning surgery: a NEW, smaller, valid Hugging Face model; the input model is never changed.
+
+Width (Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation";
+Sreenivas et al. 2024, "LLM Pruning and Distillation in Practice") is uniform across layers, so one HF
+config still describes the model. Each unit is removed from the layer that produces it and the layers
+that consume it::
+
+    unit             producer (rows kept)                     consumer (columns kept)        config field
+    MLP neuron       gate_proj, up_proj                       down_proj                      intermediate_size
+    query head       q_proj (+bias)                           o_proj                         num_attention_heads
+    KV group         k_proj, v_proj (+bias), its query heads  o_proj                         num_key_value_heads
+    hidden channel   embed_tokens, o_proj, down_proj          q/k/v/gate/up, lm_head         hidden_size
+                     (and every RMSNorm weight, final norm)
+
+head_dim never changes (RoPE rotates within a head) and is written explicitly into the config. With GQA
+(query head h reads KV head h // (heads / kv_heads)), query heads are pruned evenly inside each KV group,
+or whole groups go, ranked by their query heads' summed score.
+
+Depth removes decoder layers, renumbers ``self_attn.layer_idx`` (the KV cache is indexed by it) and
+fixes ``num_hidden_layers`` and per-layer config lists (``layer_types``, Qwen2's ``max_window_layers``).
+Every pruned model carries ``workbook_steps`` (what was pruned, with which scores) for its recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from . import architecture as arch
+from .importance import Importance, model_sizes
+
+KINDS: tuple[str, ...] = ("width", "depth", "both")
+SEARCHED: tuple[str, ...] = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                             "num_hidden_layers")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parameter counts
+
+
+def _biases(config: PretrainedConfig) -> tuple[bool, bool, bool]:
+    """(q/k/v bias, o_proj bias, MLP biases) exactly as each family's modeling file builds them."""
+    family = arch.check_supported(config)
+    if family == "qwen2":
+        return True, False, False
+    if family == "llama":
+        return bool(config.attention_bias), bool(config.attention_bias), bool(getattr(config, "mlp_bias", False))
+    return False, False, False  # mistral
+
+
+def _count(s: dict[str, int], vocab: int, tied: bool, biases: tuple[bool, bool, bool]) -> int:
+    h, i, hd = s["hidden_size"], s["intermediate_size"], s["head_dim"]
+    q, kv = s["num_attention_heads"] * hd, s["num_key_value_heads"] * hd
+    qkv_bias, o_bias, mlp_bias = biases
+    attention = h * (q + 2 * kv) + q * h + qkv_bias * (q + 2 * kv) + o_bias * h
+    mlp = 3 * h * i + mlp_bias * (2 * i + h)
+    per_layer = attention + mlp + 2 * h  # + input_layernorm, post_attention_layernorm
+    return vocab * h * (1 if tied else 2) + s["num_hidden_layers"] * per_layer + h  # + final norm
+
+
+def count_parameters(config: PretrainedConfig) -> int:
+    """Exact parameter count of a Llama/Mistral/Qwen2 config (tied embeddings counted once)."""
+    return _count(model_sizes(config), config.vocab_size, bool(config.tie_word_embeddings), _biases(config))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_config(config: PretrainedConfig, **updates: Any) -> PretrainedConfig:
+    """A validated copy of ``config`` with ``updates``; transformers' own checks name what is wrong
+    (e.g. Llama requires hidden_size to be a multiple of num_attention_heads)."""
+    new = copy.deepcopy(config)
+    for key, value in updates.items():
+        setattr(new, key, value)
+    try:
+        if hasattr(new, "validate"):
+            new.validate()
+    except Exception as err:  # strict-dataclass errors wrap the real ValueError
+        raise ValueError(f"The pruned {config.model_type} config would be invalid ({updates}): {err}") from err
+    return new
+
+
+def _check_importance(importance: Importance | None, model: PreTrainedModel, needed: Iterable[str]) -> None:
+    needed = list(needed)
+    if importance is None:
+        if needed:
+            raise ValueError(f"Pruning {', '.join(needed)} needs an Importance (estimate_importance, "
+                             "magnitude_importance or random_importance).")
+        return
+    sizes = model_sizes(model)
+    wrong = {k: v for k, v in importance.sizes.items() if k in sizes and sizes[k] != v}
+    if wrong:
+        raise ValueError(f"These scores were computed for other sizes {wrong}; this model has {sizes}. "
+                         "Re-estimate importance on the model you prune.")
+    for name in needed:
+        if getattr(importance, name) is None:
+            raise ValueError(f"The importance has no {name} scores; use estimate_importance, "
+                             "magnitude_importance or random_importance.")
+
+
+def _target(name: str, value: int | None, current: int) -> int:
+    if value is None:
+        return current
+    if not isinstance(value, int) or not 1 <= value <= current:
+        raise ValueError(f"{name}={value!r} is not allowed: pruning keeps 1..{current} (the current size).")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Width
+
+
+def _top(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest scores, in their original order (ties: lower index first)."""
+    return torch.argsort(scores.float(), descending=True, stable=True)[:k].sort().values
+
+
+def select_heads(scores: Tensor, num_key_value_heads: int, num_heads: int, num_kv: int) -> tuple[Tensor, Tensor]:
+    """GQA-aware choice for one layer: ``scores`` [heads] -> (kept query heads [num_heads], kept KV heads
+    [num_kv]). Whole KV groups are ranked by summed query-head score; inside each kept group the
+    ``num_heads // num_kv`` best query heads stay."""
+    per_group = scores.numel() // num_key_value_heads
+    grouped = scores.float().view(num_key_value_heads, per_group)  # query head h is in group h // per_group
+    groups = _top(grouped.sum(1), num_kv)
+    queries = [g * per_group + _top(grouped[g], num_heads // num_kv) for g in groups.tolist()]
+    return torch.cat(queries), groups
+
+
+def _rows(units: Tensor, size: int) -> Tensor:
+    """Unit indices -> weight-row indices when each unit owns ``size`` consecutive rows (a head)."""
+    return (units[:, None] * size + torch.arange(size)).flatten()
+
+
+def _linear(linear: nn.Linear, out_idx: Tensor | None = None, in_idx: Tensor | None = None) -> nn.Linear:
+    """A new nn.Linear keeping weight rows ``out_idx`` (outputs) and columns ``in_idx`` (inputs)."""
+    if out_idx is None and in_idx is None:
+        return linear
+    w, b = linear.weight, linear.bias
+    if out_idx is not None:
+        w, b = w[out_idx.to(w.device)], None if b is None else b[out_idx.to(w.device)]
+    if in_idx is not None:
+        w = w[:, in_idx.to(w.device)]
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")  # no wasted init
+    new.weight = nn.Parameter(w.detach().clone(), requires_grad=linear.weight.requires_grad)
+    if b is not None:
+        new.bias = nn.Parameter(b.detach().clone(), requires_grad=linear.bias.requires_grad)
+    return new
+
+
+def _slice_norm(norm: nn.Module, idx: Tensor) -> None:
+    norm.weight = nn.Parameter(norm.weight.detach()[idx.to(norm.weight.device)].clone(),
+                               requires_grad=norm.weight.requires_grad)
+
+
+def _log_step(parent: PreTrainedModel, child: PreTrainedModel, step: dict[str, Any]) -> PreTrainedModel:
+    child.workbook_steps = [*getattr(parent, "workbook_steps", []), step]
+    return child
+
+
+def prune_width(
+    model: PreTrainedModel,
+    importance: Importance | None,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    num_attention_heads: int | None = None,
+    num_key_value_heads: int | None = None,
+) -> PreTrainedModel:
+    """A new model keeping the top-scoring units (``None`` = keep that size). Giving only
+    ``num_key_value_heads`` keeps the query heads per group, so num_attention_heads shrinks with it."""
+    c = model.config
+    arch.check_supported(c)
+    H, KV, hd = c.num_attention_heads, c.num_key_value_heads, arch.head_dim(c)
+    kv = _target("num_key_value_heads", num_key_value_heads, KV)
+    heads = kv * (H // KV) if num_attention_heads is None else _target("num_attention_heads", num_attention_heads, H)
+    if heads % kv or heads // kv > H // KV:
+        allowed = [kv * q for q in range(1, H // KV + 1)]
+        raise ValueError(f"num_attention_heads={heads} must be a multiple of num_key_value_heads={kv} with at most "
+                         f"{H // KV} query heads per KV group; allowed: {allowed}")
+    hidden = _target("hidden_size", hidden_size, c.hidden_size)
+    inter = _target("intermediate_size", intermediate_size, c.intermediate_size)
+    prune_heads = (heads, kv) != (H, KV)
+    needed = [n for n, on in (("channels", hidden != c.hidden_size), ("neurons", inter != c.intermediate_size),
+                              ("heads", prune_heads)) if on]
+    _check_importance(importance, model, needed)
+    targets = {"hidden_size": hidden, "intermediate_size": inter, "num_attention_heads": heads,
+               "num_key_value_heads": kv, "head_dim": hd}
+    _check_config(c, **targets)
+
+    new = copy.deepcopy(model)
+    channels = _top(importance.channels, hidden) if hidden != c.hidden_size else None
+    for l, layer in enumerate(arch.layers(new)):
+        attn, mlp = arch.attention(layer), arch.mlp(layer)
+        q_rows = kv_rows = None
+        if prune_heads:
+            q_heads, kv_heads = select_heads(importance.heads[l], KV, heads, kv)
+            q_rows, kv_rows = _rows(q_heads, hd), _rows(kv_heads, hd)
+        neurons = _top(importance.neurons[l], inter) if inter != c.intermediate_size else None
+        attn.q_proj = _linear(attn.q_proj, q_rows, channels)
+        attn.k_proj = _linear(attn.k_proj, kv_rows, channels)
+        attn.v_proj = _linear(attn.v_proj, kv_rows, channels)
+        attn.o_proj = _linear(attn.o_proj, channels, q_rows)
+        mlp.gate_proj = _linear(mlp.gate_proj, neurons, channels)
+        mlp.up_proj = _linear(mlp.up_proj, neurons, channels)
+        mlp.down_proj = _linear(mlp.down_proj, channels, neurons)
+        attn.num_key_value_groups = heads // kv
+        for obj, name, value in ((attn, "num_heads", heads), (attn, "num_key_value_heads", kv),
+                                 (mlp, "intermediate_size", inter), (mlp, "hidden_size", hidden),
+                                 (layer, "hidden_size", hidden)):
+            if hasattr(obj, name):
+                setattr(obj, name, value)
+        if channels is not None:
+            for norm in arch.layer_norms(layer):
+                _slice_norm(norm, channels)
+    if channels is not None:
+        tied, embed = arch.is_tied(new), arch.embed_tokens(new)
+        new_embed = nn.Embedding(embed.num_embeddings, hidden, embed.padding_idx, device="meta")
+        new_embed.weight = nn.Parameter(embed.weight.detach()[:, channels.to(embed.weight.device)].clone(),
+                                        requires_grad=embed.weight.requires_grad)
+        arch.base(new).embed_tokens = new_embed
+        _slice_norm(arch.final_norm(new), channels)
+        new.lm_head = _linear(new.lm_head, None, channels)
+        if tied:
+            new.lm_head.weight = new_embed.weight  # keep the tie: one tensor, as tie_word_embeddings says
+    for key, value in targets.items():
+        setattr(new.config, key, value)
+    before = {k: v for k, v in model_sizes(c).items() if k in targets}
+    return _log_step(model, new, {"op": "prune_width", "before": before, "after": targets,
+                                  "importance": None if importance is None else importance.describe()})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Depth
+
+
+def choose_layers_to_drop(importance: Importance, num_drop: int, criterion: str | None = None,
+                          contiguous: bool = False) -> list[int]:
+    """The ``num_drop`` layers with the lowest scores of ``importance.layers[criterion]``; ``contiguous``:
+    the block of consecutive layers with the lowest summed score. ``criterion="angular"`` picks the
+    block of smallest angular distance (``angular_<num_drop>``, Gromov et al. 2024); it is contiguous."""
+    available = sorted(importance.layers)
+    if criterion is None:
+        if len(available) != 1:
+            raise ValueError(f"Choose a criterion among the available layer scores: {available}")
+        criterion = available[0]
+    if num_drop == 0:
+        return []
+    if criterion == "angular":
+        start = importance.best_block(num_drop)[0]
+        return list(range(start, start + num_drop))
+    if criterion not in importance.layers:
+        raise ValueError(f"Unknown layer criterion {criterion!r}; available: {available + ['angular']}")
+    scores = importance.layers[criterion].float()
+    if contiguous:
+        start = int(scores.unfold(0, num_drop, 1).sum(1).argmin())
+        return list(range(start, start + num_drop))
+    return sorted(torch.argsort(scores, stable=True)[:num_drop].tolist())
+
+
+def prune_depth(
+    model: PreTrainedModel,
+    layers_to_drop: Iterable[int] | None = None,
+    num_layers: int | None = None,
+    importance: Importance | None = None,
+    criterion: str | None = None,
+    contiguous: bool = False,
+) -> PreTrainedModel:
+    """A new model without some decoder layers: either explicit ``layers_to_drop`` indices, or
+    ``num_layers`` to KEEP, chosen from ``importance`` by ``choose_layers_to_drop``."""
+    c = model.config
+    arch.check_supported(c)
+    L = c.num_hidden_layers
+    if (layers_to_drop is None) == (num_layers is None):
+        raise ValueError("Give either layers_to_drop (indices) or num_layers (how many to keep) with importance.")
+    if num_layers is not None:
+        num_layers = _target("num_hidden_layers", num_layers, L)
+        if importance is None and num_layers < L:
+            raise ValueError("num_layers needs an importance (layer_importance, magnitude or random) to choose from.")
+        if importance is not None:
+            _check_importance(importance, model, [])
+            if criterion is None and len(importance.layers) == 1:
+                criterion = next(iter(importance.layers))
+        contiguous = contiguous or criterion == "angular"
+        drop = choose_layers_to_drop(importance, L - num_layers, criterion, contiguous) if num_layers < L else []
+    else:
+        drop = list(layers_to_drop)
+        bad = [i for i in drop if not isinstance(i, int) or not 0 <= i < L]
+        if bad or len(set(drop)) != len(drop):
+            raise ValueError(f"layers_to_drop {drop} must be distinct indices in 0..{L - 1}; bad: {bad}")
+        if len(drop) == L:
+            raise ValueError(f"Cannot drop all {L} layers; keep at least one.")
+    keep = [i for i in range(L) if i not in set(drop)]
+    updates: dict[str, Any] = {"num_hidden_layers": len(keep)}
+    if isinstance(getattr(c, "layer_types", None), list):
+        updates["layer_types"] = [c.layer_types[i] for i in keep]
+    if isinstance(getattr(c, "max_window_layers", None), int):  # Qwen2: layers >= this index slide
+        updates["max_window_layers"] = sum(i < c.max_window_layers for i in keep)
+    _check_config(c, **updates)
+
+    new = copy.deepcopy(model)
+    base = arch.base(new)
+    base.layers = nn.ModuleList([base.layers[i] for i in keep])
+    for j, layer in enumerate(base.layers):
+        arch.attention(layer).layer_idx = j  # the KV cache slot of this layer
+    for key, value in updates.items():
+        setattr(new.config, key, value)
+    if hasattr(base, "has_sliding_layers"):
+        base.has_sliding_layers = "sliding_attention" in (new.config.layer_types or [])
+    return _log_step(model, new, {"op": "prune_depth", "dropped_layers": sorted(drop), "criterion": criterion,
+                                  "contiguous": contiguous, "before": {"num_hidden_layers": L},
+                                  "after": {"num_hidden_layers": len(keep)},
+                                  "importance": None if importance is None else importance.describe()})
+
+
+def pruning_recipe(model: PreTrainedModel, parent: str, **extra: Any) -> dict[str, Any]:
+    """The ``recipe`` for ``helpers.models.save_model``: parent, the pruning steps, the parameter count."""
+    return {"parent": str(parent), "steps": list(getattr(model, "workbook_steps", [])),
+            "params": count_parameters(model.config), **extra}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Search space for a parameter budget (Minitron section 2.4: enumerate, keep those near the budget)
+
+
+def candidate_architectures(
+    config: PretrainedConfig,
+    target_params: int,
+    tolerance: float = 0.05,
+    kinds: Iterable[str] = KINDS,
+    hidden_multiple: int | None = None,
+    intermediate_multiple: int | None = None,
+    prune_kv_heads: bool = False,
+) -> list[dict[str, Any]]:
+    """Configs within ``target_params * (1 ± tolerance)``, sorted by distance to the target.
+
+    Grids: hidden_size and intermediate_size in multiples of ``hidden_multiple`` / ``intermediate_multiple``
+    (plus the current values; default: 64 as in Minitron, or the largest power of two <= size / 8 for
+    small models, so every axis has at least 8 steps); query heads per KV group 1..current (``prune_kv_heads``: KV groups too);
+    num_hidden_layers 1..current. 'width' changes only widths, 'depth' only layers, 'both' both. Each
+    dict: kind, the five sizes, params, error (params / target - 1). Configs transformers rejects are skipped.
+    """
+    arch.check_supported(config)
+    kinds = tuple(kinds)
+    for kind in kinds:
+        if kind not in KINDS:
+            raise ValueError(f"Unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    full = count_parameters(config)
+    if not 0 < target_params < full:
+        raise ValueError(f"target_params={target_params} must be between 0 and the current {full} parameters.")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance={tolerance} must be in (0, 1).")
+    s = model_sizes(config)
+    H, KV, L = s["num_attention_heads"], s["num_key_value_heads"], s["num_hidden_layers"]
+    def grid(step: int | None, size: int) -> list[int]:
+        step = step or min(64, 1 << max(0, (size // 8).bit_length() - 1))
+        return sorted(set(range(step, size + 1, step)) | {size})
+
+    head_options = [(g * q, g) for g in (range(1, KV + 1) if prune_kv_heads else [KV]) for q in range(1, H // KV + 1)]
+    valid: dict[tuple[int, int, int], bool] = {}
+    out = []
+    for hidden, inter, (heads, kv), layers in itertools.product(
+        grid(hidden_multiple, s["hidden_size"]), grid(intermediate_multiple, s["intermediate_size"]),
+        head_options, range(1, L + 1)
+    ):
+        width = (hidden, inter, heads, kv) != (s["hidden_size"], s["intermediate_size"], H, KV)
+        kind = "both" if width and layers < L else "width" if width else "depth" if layers < L else None
+        if kind not in kinds:
+            continue
+        sizes = {**s, "hidden_size": hidden, "intermediate_size": inter, "num_attention_heads": heads,
+                 "num_key_value_heads": kv, "num_hidden_layers": layers}
+        params = _count(sizes, config.vocab_size, bool(config.tie_word_embeddings), _biases(config))
+        if abs(params / target_params - 1) > tolerance:
+            continue
+        if (hidden, heads, kv) not in valid:
+            try:
+                _check_config(config, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv,
+                              head_dim=s["head_dim"])
+                valid[(hidden, heads, kv)] = True
+            except ValueError:
+                valid[(hidden, heads, kv)] = False
+        if valid[(hidden, heads, kv)]:
+            out.append({"kind": kind, **{k: sizes[k] for k in SEARCHED}, "params": params,
+                        "error": params / target_params - 1})
+    return sorted(out, key=lambda d: (abs(d["error"]), KINDS.index(d["kind"])))
