@@ -8,7 +8,7 @@ both alike); the first ``--warmup`` rounds are dropped. Prints medians, the rati
 alone for reference, and peak memory.
 
     python benchmarks/distill_step.py --batch-size 2 --seq-len 256
-    python benchmarks/distill_step.py --drop-layers 10 --hidden-loss cosine --repeats 5
+    python benchmarks/distill_step.py --drop-layers 15 --hidden-loss cosine --repeats 9
     python benchmarks/distill_step.py --threads 1      # on a busy shared CPU, 2 threads can be far slower
 
 The student is the embedded teacher with its last ``--drop-layers`` layers removed (a depth-pruned student).
@@ -103,8 +103,8 @@ def main() -> None:
     parser.add_argument("--loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "jsd"])
     parser.add_argument("--hidden-loss", default=None, choices=[None, "cosine", "mse", "nmse"])
     parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="first rounds dropped (allocator, caches)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

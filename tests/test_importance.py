@@ -10,7 +10,10 @@ import torch.nn.functional as F
 
 from helpers import architecture as arch
 from helpers.importance import (Importance, estimate_importance, layer_importance, magnitude_importance,
-                                plot_channels, plot_heads, plot_layers, plot_neurons, random_importance)
+                                random_importance)
+from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_heads, plot_layers,
+                                      plot_neurons, plot_rank_matrix)
+from helpers.importance_study import collect_statistics, compare, kendall, spearman, topk_overlap
 from helpers.pruning import prune_depth
 
 SEQ = {"mean": lambda x: x.abs().mean(1), "l2": lambda x: x.pow(2).sum(1).sqrt(),
@@ -167,5 +170,52 @@ def test_plots_return_figures(tiny_model, tiny_batches):
     model = tiny_model("llama")
     imp = estimate_importance(model, tiny_batches, autocast=False, progress=False)
     imp = imp.merge(layer_importance(model, tiny_batches, criteria=["angular"], autocast=False, progress=False))
-    for fig in (plot_heads(imp), plot_neurons(imp), plot_channels(imp, sort=True), plot_layers(imp)):
+    sweep = {"mlp": {"activation": {0.9: 10.0, 0.5: 20.0}, "random": {0.9: 30.0, 0.5: 90.0}},
+             "heads": {"activation": {0.6: 12.0}}}
+    for fig in (plot_heads(imp), plot_neurons(imp), plot_channels(imp, sort=True, log=True), plot_layers(imp),
+                plot_rank_matrix(torch.eye(3), ["a", "b", "c"], "agreement"),
+                plot_criteria_sweep(sweep, reference=8.0), plot_curves({"x": {1: 2.0, 2: 3.0}}, "n", "ppl", "t")):
         assert isinstance(fig, Figure) and fig.axes
+    assert len(plot_criteria_sweep(sweep).axes) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# One pass, every aggregation and calibration subset (helpers.importance_study)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3])
+def test_statistics_reproduce_every_aggregation_and_subset(tiny_model, tiny_batches, chunk_size):
+    model = tiny_model("llama")
+    stats = collect_statistics(model, tiny_batches, chunk_size=chunk_size, autocast=False, progress=False)
+    assert stats.n_samples == 6 and stats.n_chunks == 6 // chunk_size and stats.counts.tolist() == [chunk_size] * (6 // chunk_size)
+    for seq_agg in ("mean", "l2", "var"):
+        for batch_agg in ("mean", "l2", "var"):
+            want = estimate_importance(model, tiny_batches, seq_agg, batch_agg, autocast=False, progress=False)
+            got = stats.importance(seq_agg, batch_agg)
+            for name in ("heads", "neurons", "channels"):
+                torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-6)
+    # one chunk = calibrating on just its samples (chunks of 3 straddle the batches of 2)
+    samples = torch.cat(tiny_batches)
+    want = estimate_importance(model, [samples[chunk_size:2 * chunk_size]], autocast=False, progress=False)
+    got = stats.importance(chunks=[1])
+    assert got.n_samples == chunk_size
+    for name in ("heads", "neurons", "channels"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="chunks"):
+        stats.importance(chunks=[9])
+
+
+def test_rank_statistics():
+    a = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    b = torch.tensor([[10.0, 20.0, 30.0, 40.0], [1.0, 2.0, 3.0, 4.0]])
+    torch.testing.assert_close(spearman(a, b), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(kendall(a, b), torch.tensor([1.0, -1.0]))
+    x, y = torch.randn(50, generator=torch.Generator().manual_seed(0)), torch.randn(50)
+    pairs = [(i, j) for i in range(50) for j in range(i + 1, 50)]
+    tau = sum(float(torch.sign(x[i] - x[j]) * torch.sign(y[i] - y[j])) for i, j in pairs) / len(pairs)
+    assert kendall(x, y).item() == pytest.approx(tau, abs=1e-6)
+    assert topk_overlap(torch.tensor([4.0, 3, 2, 1]), torch.tensor([4.0, 1, 3, 2]), keep=0.5).item() == 0.5
+    imp = Importance(heads=a, neurons=a, channels=a[0])
+    assert compare(imp, imp, method="overlap") == {"heads": 1.0, "neurons": 1.0, "channels": 1.0}
+    with pytest.raises(ValueError, match="spearman, kendall, overlap"):
+        compare(imp, imp, method="pearson")

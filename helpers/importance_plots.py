@@ -1,0 +1,158 @@
+"""Figures of importance scores and of what pruning by them costs (notebooks 01-03).
+
+Every function returns a matplotlib ``Figure`` built without pyplot state, so a notebook shows it once with
+``display(fig)`` and can save it with ``helpers.runs.save_figure``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+from torch import Tensor
+
+from .importance import Importance
+
+
+def _figure(width: float = 7.0, height: float = 3.5, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, (axes[0] if ncols == 1 else axes)
+
+
+def _heatmap(scores: Tensor, title: str, ylabel: str, ax=None, fig=None, log: bool = False):
+    from matplotlib.colors import LogNorm
+
+    if ax is None:
+        fig, ax = _figure()
+    values = scores.T.float()
+    norm = LogNorm(vmin=float(values[values > 0].min()), vmax=float(values.max())) if log and (values > 0).any() else None
+    im = ax.imshow(values.numpy(), aspect="auto", origin="lower", cmap="viridis", interpolation="nearest", norm=norm)
+    ax.set(xlabel="layer", ylabel=ylabel, title=title)
+    fig.colorbar(im, ax=ax, label="importance")
+    return fig
+
+
+def plot_heads(imp: Importance, ax=None, fig=None):
+    """Heatmap heads x layers."""
+    return _heatmap(imp.heads, f"Attention-head importance ({imp.criterion})", "head", ax, fig)
+
+
+def plot_neurons(imp: Importance, sort: bool = True, ax=None, fig=None, log: bool = True):
+    """Heatmap neurons x layers; ``sort`` orders each layer's neurons by score (shows the long tail); ``log``
+    colours on a log scale (a few outlier neurons would otherwise paint everything else dark)."""
+    scores = imp.neurons.sort(dim=1, descending=True).values if sort else imp.neurons
+    return _heatmap(scores, f"MLP-neuron importance ({imp.criterion})", "neuron (sorted)" if sort else "neuron",
+                    ax, fig, log)
+
+
+def plot_channels(imp: Importance, sort: bool = False, ax=None, fig=None, log: bool = False):
+    """Bar chart of the hidden-channel scores (``log``: logarithmic y axis, for outlier channels)."""
+    if ax is None:
+        fig, ax = _figure()
+    scores = imp.channels.sort(descending=True).values if sort else imp.channels
+    ax.bar(range(len(scores)), scores.float().numpy(), width=1.0)
+    ax.set(xlabel="channel (sorted)" if sort else "channel", ylabel="importance",
+           title=f"Hidden-channel importance ({imp.criterion})")
+    if log:
+        ax.set_yscale("log")
+    return fig
+
+
+def plot_layers(imp: Importance, criteria: Iterable[str] | None = None, normalize: bool = True, ax=None, fig=None):
+    """One line per layer criterion (``angular_n`` plotted at each block's first layer); ``normalize``
+    rescales each to [0, 1] so criteria on different scales share an axis."""
+    if ax is None:
+        fig, ax = _figure()
+    for name in criteria or sorted(imp.layers):
+        y = imp.layers[name].float()
+        if normalize:
+            y = (y - y.min()) / (y.max() - y.min()).clamp_min(1e-12)
+        ax.plot(range(len(y)), y.numpy(), marker="o", label=name)
+    ax.set(xlabel="layer (block start)", ylabel="normalized score" if normalize else "score",
+           title="Layer importance (higher = keep)")
+    ax.legend()
+    return fig
+
+
+def plot_rank_matrix(matrix: Tensor, labels: Sequence[str], title: str, ax=None, fig=None, vmin: float = 0.0):
+    """A labelled square matrix of rank correlations (or overlaps) with the value written in each cell."""
+    if ax is None:
+        fig, ax = _figure(4.2, 3.6)
+    m = matrix.float().numpy()
+    im = ax.imshow(m, vmin=vmin, vmax=1.0, cmap="magma")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if m[i, j] > (vmin + 1) / 2 else "white")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def plot_criteria_sweep(
+    results: Mapping[str, Mapping[str, Mapping[float, float]]],
+    reference: float | None = None,
+    xlabels: Mapping[str, str] | None = None,
+    logy: bool = True,
+):
+    """One panel per axis: perplexity against the kept fraction, one line per criterion.
+
+    ``results[axis][criterion][kept_fraction] = perplexity``; ``reference`` (the unpruned model) is drawn as a
+    dashed line. ``xlabels[axis]`` names the x axis of that panel.
+    """
+    axes_names = list(results)
+    fig, axes = _figure(4.2 * len(axes_names), 3.6, ncols=len(axes_names))
+    axes = [axes] if len(axes_names) == 1 else list(axes)
+    colors = {"activation": "C0", "magnitude": "C1", "random": "C3"}
+    for ax, axis in zip(axes, axes_names):
+        for k, (criterion, points) in enumerate(results[axis].items()):
+            xs = sorted(points, reverse=True)
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=criterion, color=colors.get(criterion, f"C{k + 4}"))
+        if reference is not None:
+            ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
+        ax.invert_xaxis()  # left to right: more and more pruned
+        ax.set(xlabel=(xlabels or {}).get(axis, "fraction kept"), ylabel="held-out perplexity", title=axis)
+        if logy:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_curves(curves: Mapping[str, Mapping[float, float]], xlabel: str, ylabel: str, title: str,
+                reference: float | None = None, logy: bool = False, ax=None, fig=None):
+    """Simple line plot of ``{name: {x: y}}`` (e.g. perplexity against layers removed, per strategy)."""
+    if ax is None:
+        fig, ax = _figure(6.0, 3.6)
+    for name, points in curves.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def bars(values: Mapping[str, float], ylabel: str, title: str, reference: float | None = None, logy: bool = False):
+    """Bar chart of named values, each labelled with its number."""
+    fig, ax = _figure(6.0, 3.4)
+    names = list(values)
+    ys = [float(values[n]) for n in names]
+    ax.bar(names, ys, color=[f"C{i}" for i in range(len(names))])
+    for i, y in enumerate(ys):
+        ax.text(i, y, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
+        ax.legend(fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=8)
+    return fig
+

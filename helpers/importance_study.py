@@ -1,0 +1,200 @@
+"""Importance under every aggregation and every calibration subset, from ONE hooked pass (notebook 01).
+
+``estimate_importance`` reduces the batch dimension on the fly for one (seq_agg, batch_agg) choice. To compare
+the choices, and to ask how many calibration samples are enough, :func:`collect_statistics` keeps instead, for
+every chunk of ``chunk_size`` consecutive samples and for every sequence aggregation, the sum S1 and the sum of
+squares S2 over the chunk's samples of the per-sample scores v [units]. Any batch aggregation over any union
+of chunks with n samples then follows exactly, with no further forward pass::
+
+    mean = S1 / n        l2 = sqrt(S2)        var = S2 / n - (S1 / n)^2
+
+The rank statistics that compare two score vectors (Spearman, Kendall, top-k overlap) live here too. Width
+pruning ranks heads and neurons *within each layer* (every layer keeps the same number), so those are
+compared layer by layer and averaged; hidden channels are ranked once for the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from . import architecture as arch
+from .hardware import autocast as fast_autocast
+from .importance import AGGREGATIONS, Importance, _as_ids, _check_choice, _device, _hooks, model_sizes
+
+UNITS: tuple[str, ...] = ("heads", "neurons", "norms")
+
+
+@dataclass
+class ImportanceStats:
+    """Per-chunk sums. ``s1[seq_agg][unit]`` and ``s2[seq_agg][unit]``: [n_chunks, layers_or_norms, units];
+    ``counts`` [n_chunks] samples per chunk. ``unit`` is heads [L, H], neurons [L, I] or norms [2L+1, hidden]
+    (every layer norm's output; a channel's score is the sum over norms)."""
+
+    s1: dict[str, dict[str, Tensor]]
+    s2: dict[str, dict[str, Tensor]]
+    counts: Tensor
+    chunk_size: int
+    n_tokens: int
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.counts)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.counts.sum())
+
+    def importance(self, seq_agg: str = "mean", batch_agg: str = "l2", chunks: Iterable[int] | None = None) -> Importance:
+        """The scores ``estimate_importance(seq_agg, batch_agg)`` would give on the samples of ``chunks``
+        (default: all)."""
+        _check_choice("batch_agg", batch_agg, AGGREGATIONS)
+        if seq_agg not in self.s1:
+            raise ValueError(f"seq_agg {seq_agg!r} was not collected; collected: {sorted(self.s1)}")
+        idx = torch.arange(self.n_chunks) if chunks is None else torch.as_tensor(list(chunks), dtype=torch.long)
+        if idx.numel() == 0 or idx.min() < 0 or idx.max() >= self.n_chunks:
+            raise ValueError(f"chunks must be a non-empty selection of 0..{self.n_chunks - 1}")
+        n = self.counts[idx].sum().double()
+
+        def reduce(unit: str) -> Tensor:
+            s1, s2 = self.s1[seq_agg][unit][idx].sum(0), self.s2[seq_agg][unit][idx].sum(0)
+            if batch_agg == "l2":
+                return s2.sqrt().float()
+            mean = s1 / n
+            return (mean if batch_agg == "mean" else (s2 / n - mean.square()).clamp_min(0)).float()
+
+        return Importance(heads=reduce("heads"), neurons=reduce("neurons"), channels=reduce("norms").sum(0),
+                          seq_agg=seq_agg, batch_agg=batch_agg, n_samples=int(n),
+                          n_tokens=int(n) * (self.n_tokens // max(self.n_samples, 1)), sizes=self.sizes,
+                          extra={"chunks": idx.tolist()})
+
+
+def collect_statistics(
+    model: PreTrainedModel,
+    batches: Iterable[Tensor],
+    chunk_size: int = 64,
+    seq_aggs: Sequence[str] = AGGREGATIONS,
+    autocast: bool = True,
+    progress: bool = True,
+) -> ImportanceStats:
+    """One hooked pass over ``batches`` (LongTensors [batch, seq]) keeping per-chunk sums (module docstring).
+
+    Chunk sums are kept in float64, so a union of chunks equals a single pass over its samples (in float32,
+    to rounding; under bf16 autocast the "var" aggregation, computed here from two moments, can differ from
+    ``estimate_importance``'s two-pass variance by about 1%). The model is not modified; hooks are removed even on error.
+    """
+    seq_aggs = tuple(seq_aggs)
+    for how in seq_aggs:
+        _check_choice("seq_agg", how, AGGREGATIONS)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    decoder_layers, config = arch.layers(model), model.config
+    L, H, hd = len(decoder_layers), config.num_attention_heads, arch.head_dim(config)
+    shapes = {"heads": (L, H), "neurons": (L, config.intermediate_size), "norms": (2 * L + 1, config.hidden_size)}
+    chunks: dict[str, dict[str, list[Tensor]]] = {k: {f"{how}.{u}": [] for how in seq_aggs for u in UNITS}
+                                                  for k in ("s1", "s2")}
+    state = {"offset": 0}  # index of the first sample of the current batch
+
+    def add(unit: str, row: int, x: Tensor) -> None:  # x: [B, S, units] -> per-sample, per-chunk sums
+        # Two moments over the sequence give all three aggregations: m1 = mean |x|, m2 = mean x^2;
+        # mean = m1, l2 = sqrt(S * m2), var = m2 - m1^2 (torch.var over [B, S, 4h] would cost as much as
+        # the layer's matmuls). For bf16 x the sums accumulate in float32 and are rounded once to bf16.
+        S = x.shape[1]
+        m1 = x.abs().sum(1).double() / S  # [B, units]
+        m2 = (x * x).sum(1).double() / S
+        per_sample = {"mean": m1, "l2": (S * m2).sqrt(), "var": (m2 - m1.square()).clamp_min(0)}
+        chunk_of = (state["offset"] + torch.arange(x.shape[0])) // chunk_size  # [B]
+        needed = int(chunk_of.max()) + 1
+        for how in seq_aggs:
+            v = per_sample[how].cpu()
+            for k, val in (("s1", v), ("s2", v.square())):
+                store = chunks[k][f"{how}.{unit}"]
+                while len(store) < needed:
+                    store.append(torch.zeros(shapes[unit], dtype=torch.float64))
+                for c in chunk_of.unique().tolist():
+                    store[c][row] += val[chunk_of == c].sum(0)
+
+    def head_hook(i: int):
+        def hook(module, args):  # o_proj input [B, S, heads * head_dim] -> per-head norms [B, S, heads]
+            x = args[0]
+            add("heads", i, torch.linalg.vector_norm(x.view(*x.shape[:2], H, hd), dim=-1, dtype=torch.float32))
+        return hook
+
+    handles = []
+    for i, layer in enumerate(decoder_layers):
+        handles.append(arch.attention(layer).o_proj.register_forward_pre_hook(head_hook(i)))
+        handles.append(arch.mlp(layer).down_proj.register_forward_pre_hook(
+            lambda m, args, i=i: add("neurons", i, args[0])))
+        for j, norm in enumerate(arch.layer_norms(layer)):
+            handles.append(norm.register_forward_hook(lambda m, a, out, r=2 * i + j: add("norms", r, out)))
+    handles.append(arch.final_norm(model).register_forward_hook(lambda m, a, out: add("norms", 2 * L, out)))
+
+    device, n_tokens = _device(model), 0
+    with _hooks(handles), torch.inference_mode(), fast_autocast(device, enabled=autocast):
+        for batch in tqdm(batches, desc="importance statistics", disable=not progress):
+            ids = _as_ids(batch, device)
+            arch.base(model)(input_ids=ids, use_cache=False)
+            state["offset"] += ids.shape[0]
+            n_tokens += ids.numel()
+    n = state["offset"]
+    if n == 0:
+        raise ValueError("No calibration batches were given.")
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    counts = torch.tensor([min(chunk_size, n - c * chunk_size) for c in range(n_chunks)])
+    stacked = {k: {how: {u: torch.stack(chunks[k][f"{how}.{u}"]) for u in UNITS} for how in seq_aggs}
+               for k in ("s1", "s2")}
+    return ImportanceStats(stacked["s1"], stacked["s2"], counts, chunk_size, n_tokens, model_sizes(model))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Comparing rankings
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Ranks 0..n-1 along the last dim (ties broken by position; scores are continuous)."""
+    return x.argsort(dim=-1, stable=True).argsort(dim=-1, stable=True).double()
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation along the last dim: [..., n] x [..., n] -> [...]."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return ((ra * rb).sum(-1) / (ra.square().sum(-1) * rb.square().sum(-1)).sqrt()).float()
+
+
+def kendall(a: Tensor, b: Tensor) -> Tensor:
+    """Kendall's tau-a along the last dim (O(n^2) memory per row: fine for a few thousand units)."""
+    a2, b2 = a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double()
+    out = []
+    for x, y in zip(a2, b2):
+        s = torch.sign(x[:, None] - x[None, :]) * torch.sign(y[:, None] - y[None, :])
+        n = x.numel()
+        out.append(s.sum() / (n * (n - 1)))
+    return torch.stack(out).view(a.shape[:-1]).float()
+
+
+def topk_overlap(a: Tensor, b: Tensor, keep: float) -> Tensor:
+    """Fraction of the top ``keep`` share of units (by ``a``) that ``b`` also keeps, along the last dim."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep={keep} must be in (0, 1]")
+    k = max(1, round(keep * a.shape[-1]))
+    ka = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, a.topk(k, -1).indices, True)
+    kb = torch.zeros_like(b, dtype=torch.bool).scatter_(-1, b.topk(k, -1).indices, True)
+    return ((ka & kb).sum(-1).double() / k).float()
+
+
+def compare(a: Importance, b: Importance, keep: float = 0.6, method: str = "spearman") -> dict[str, float]:
+    """``{"heads", "neurons", "channels"}`` -> agreement of two score sets: rank correlation (``method``
+    "spearman" or "kendall"; heads and neurons per layer, averaged) or, with ``method="overlap"``, the
+    shared fraction of the units each would keep at ``keep``."""
+    fn = {"spearman": spearman, "kendall": kendall,
+          "overlap": lambda x, y: topk_overlap(x, y, keep)}.get(method)
+    if fn is None:
+        raise ValueError(f"Unknown method {method!r}; allowed: spearman, kendall, overlap")
+    return {name: float(fn(getattr(a, name), getattr(b, name)).mean()) for name in ("heads", "neurons", "channels")}
