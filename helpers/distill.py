@@ -120,6 +120,27 @@ def match_hidden_channels(student: PreTrainedModel, teacher: PreTrainedModel, ro
 
 
 @torch.no_grad()
+def teacher_agreement(student: PreTrainedModel, teacher: PreTrainedModel, blocks: Tensor, batch_size: int = 2,
+                      use_autocast: bool = True) -> dict[str, float]:
+    """How close the student's next-token distributions are to the teacher's on ``blocks`` ``[n, L]``: mean forward
+    KL(p_t || p_s) in nats per predicted position and the fraction of positions whose top-1 tokens agree."""
+    from .hardware import autocast
+
+    kl_sum, agree, n = 0.0, 0, 0
+    device_s, device_t = next(student.parameters()).device, next(teacher.parameters()).device
+    for batch in blocks.split(batch_size):
+        with autocast(device_s, enabled=use_autocast):
+            s_logits = student(input_ids=batch.to(device_s)).logits[:, :-1]
+        with autocast(device_t, enabled=use_autocast):
+            t_logits = teacher(input_ids=batch.to(device_t)).logits[:, :-1].to(s_logits.device)
+        positions = s_logits.shape[0] * s_logits.shape[1]
+        kl_sum += logit_distillation_loss(s_logits, t_logits, "forward_kl").item() * positions
+        agree += int((s_logits.argmax(-1) == t_logits.argmax(-1)).sum())
+        n += positions
+    return {"forward_kl": kl_sum / n, "top1_agreement": agree / n}
+
+
+@torch.no_grad()
 def hidden_similarity(
     student: PreTrainedModel,
     teacher: PreTrainedModel,

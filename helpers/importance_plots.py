@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from .importance import Importance
@@ -94,15 +95,16 @@ def plot_rank_matrix(matrix: Tensor, labels: Sequence[str], title: str, ax=None,
 
 
 def plot_criteria_sweep(
-    results: Mapping[str, Mapping[str, Mapping[float, float]]],
+    results: Mapping[str, Mapping[str, Mapping[float, float | Sequence[float]]]],
     reference: float | None = None,
     xlabels: Mapping[str, str] | None = None,
     logy: bool = True,
 ):
     """One panel per axis: perplexity against the kept fraction, one line per criterion.
 
-    ``results[axis][criterion][kept_fraction] = perplexity``; ``reference`` (the unpruned model) is drawn as a
-    dashed line. ``xlabels[axis]`` names the x axis of that panel.
+    ``results[axis][criterion][kept_fraction]`` is a perplexity, or a list of them (e.g. one per random seed:
+    drawn as the median with a min-max band). ``reference`` (the unpruned model) is a dashed line;
+    ``xlabels[axis]`` names the x axis of that panel.
     """
     axes_names = list(results)
     fig, axes = _figure(4.2 * len(axes_names), 3.6, ncols=len(axes_names))
@@ -111,7 +113,13 @@ def plot_criteria_sweep(
     for ax, axis in zip(axes, axes_names):
         for k, (criterion, points) in enumerate(results[axis].items()):
             xs = sorted(points, reverse=True)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=criterion, color=colors.get(criterion, f"C{k + 4}"))
+            vals = [torch.as_tensor(points[x], dtype=torch.float64).flatten() for x in xs]
+            color = colors.get(criterion, f"C{k + 4}")
+            many = any(v.numel() > 1 for v in vals)
+            label = f"{criterion} (median, min-max of {max(v.numel() for v in vals)})" if many else criterion
+            ax.plot(xs, [float(v.median()) for v in vals], marker="o", label=label, color=color)
+            if many:
+                ax.fill_between(xs, [float(v.min()) for v in vals], [float(v.max()) for v in vals], color=color, alpha=0.15)
         if reference is not None:
             ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
         ax.invert_xaxis()  # left to right: more and more pruned

@@ -167,6 +167,16 @@ def test_kept_channels_recovered_and_used_as_projection_init(teacher, blocks):
         D.distill(narrow, teacher, blocks, config(hidden_loss="cosine", kept_channels=list(range(16))))
 
 
+def test_teacher_agreement(student, teacher, blocks):
+    same = D.teacher_agreement(teacher, teacher, blocks[:3], use_autocast=False)
+    assert same["forward_kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
+    other = D.teacher_agreement(student, teacher, blocks[:3], use_autocast=False)
+    with torch.no_grad():  # every position but the last (it predicts nothing in the block)
+        expected = forward_kl(student(blocks[:3]).logits[:, :-1], teacher(blocks[:3]).logits[:, :-1]).item()
+    assert other["forward_kl"] == pytest.approx(expected, rel=1e-4)
+    assert 0.0 <= other["top1_agreement"] < 1.0
+
+
 def test_hidden_similarity_of_the_teacher_itself_is_one(teacher, blocks):
     sims = D.hidden_similarity(teacher, teacher, blocks[:2], D.uniform_layer_map(4, 4))
     assert sims == pytest.approx([1.0] * 4, abs=1e-5)

@@ -170,7 +170,7 @@ def test_plots_return_figures(tiny_model, tiny_batches):
     model = tiny_model("llama")
     imp = estimate_importance(model, tiny_batches, autocast=False, progress=False)
     imp = imp.merge(layer_importance(model, tiny_batches, criteria=["angular"], autocast=False, progress=False))
-    sweep = {"mlp": {"activation": {0.9: 10.0, 0.5: 20.0}, "random": {0.9: 30.0, 0.5: 90.0}},
+    sweep = {"mlp": {"activation": {0.9: 10.0, 0.5: 20.0}, "random": {0.9: [30.0, 40.0], 0.5: [90.0, 80.0, 99.0]}},
              "heads": {"activation": {0.6: 12.0}}}
     for fig in (plot_heads(imp), plot_neurons(imp), plot_channels(imp, sort=True, log=True), plot_layers(imp),
                 plot_rank_matrix(torch.eye(3), ["a", "b", "c"], "agreement"),
