@@ -62,3 +62,12 @@ def tiny_batches():
     """Three seeded batches of random token ids, ``[2, 16]`` each."""
     g = torch.Generator().manual_seed(0)
     return [torch.randint(3, 128, (2, 16), generator=g) for _ in range(3)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread hand-offs cost far more than they save (100x on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

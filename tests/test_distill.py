@@ -15,13 +15,6 @@ from helpers.losses import forward_kl
 from helpers.models import load_recipe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs cost far more than they save (100x on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 VOCAB, BLOCK = 128, 32

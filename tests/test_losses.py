@@ -9,13 +9,6 @@ import torch.nn.functional as F
 from helpers import losses as L
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread hand-offs cost far more than they save (100x on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 B, S, V, H = 2, 5, 11, 8
