@@ -106,9 +106,15 @@ def plot_criteria_sweep(
     drawn as the median with a min-max band). ``reference`` (the unpruned model) is a dashed line;
     ``xlabels[axis]`` names the x axis of that panel.
     """
+    from matplotlib.figure import Figure
+
     axes_names = list(results)
-    fig, axes = _figure(4.2 * len(axes_names), 3.6, ncols=len(axes_names))
-    axes = [axes] if len(axes_names) == 1 else list(axes)
+    nrows = 1 if len(axes_names) <= 3 else 2  # four axes: a 2 x 2 grid
+    ncols = -(-len(axes_names) // nrows)
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flatten())
+    for extra in axes[len(axes_names):]:
+        extra.set_visible(False)
     colors = {"activation": "C0", "magnitude": "C1", "random": "C3"}
     for ax, axis in zip(axes, axes_names):
         for k, (criterion, points) in enumerate(results[axis].items()):

@@ -177,6 +177,7 @@ def test_plots_return_figures(tiny_model, tiny_batches):
                 plot_criteria_sweep(sweep, reference=8.0), plot_curves({"x": {1: 2.0, 2: 3.0}}, "n", "ppl", "t")):
         assert isinstance(fig, Figure) and fig.axes
     assert len(plot_criteria_sweep(sweep).axes) == 2
+    assert len(plot_criteria_sweep({**sweep, "a": sweep["mlp"], "b": sweep["mlp"]}).axes) == 4  # a 2 x 2 grid
 
 
 # ----------------------------------------------------------------------------------------------------
