@@ -5,7 +5,7 @@ notebook calls :func:`load_or_build_student`, which loads the saved one or, when
 quickly at the current scale with the same recipe (DESIGN.md section 6: notebooks run standalone).
 
 Recipe (Minitron, Muralidharan et al. 2024): activation importance on calibration batches of the training
-split, then one-shot pruning. Width: the width-only candidate of :func:`helpers.pruning.candidate_architectures`
+split, then one-shot pruning. Width: the width-only candidate of :func:`helpers.budget.candidate_architectures`
 nearest the budget whose axes shrink most evenly. Depth: drop the layers whose removal raises the LM loss
 least (``drop_one``), as many as the depth-only candidate nearest the budget requires.
 """
@@ -19,9 +19,10 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import data
+from .budget import candidate_architectures, count_parameters
 from .importance import estimate_importance, layer_importance
 from .models import load_model, save_model
-from .pruning import candidate_architectures, count_parameters, prune_depth, prune_width, pruning_recipe
+from .pruning import prune_depth, prune_width, pruning_recipe
 from .runs import by_scale, model_dir
 
 KINDS = ("width", "depth")

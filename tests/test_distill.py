@@ -1,4 +1,4 @@
-"""The distillation trainer (helpers/distill.py) on tiny random Llama models: learning, exact resume,
+"""The distillation trainer (helpers/distill*.py) on tiny random Llama models: learning, exact resume,
 determinism, reloadable checkpoints, refusal of bad configs, NaN handling."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from helpers import distill as D
+from helpers.distill_diagnostics import hidden_similarity, match_hidden_channels, teacher_agreement
+from helpers.distill_trainer import PROJECTIONS_FILE, DistillTrainer
 from helpers.hardware import cpu_has_fast_bf16
 from helpers.losses import forward_kl
 from helpers.models import load_recipe
@@ -144,8 +146,8 @@ def test_kept_channels_recovered_and_used_as_projection_init(teacher, blocks):
     narrow = LlamaForCausalLM(tiny_config(layers=4, hidden=32))
     with torch.no_grad():  # a hidden-pruned copy of the teacher's embedding (the rest stays random)
         narrow.model.embed_tokens.weight.copy_(teacher.model.embed_tokens.weight[:, kept])
-    assert D.match_hidden_channels(narrow, teacher) == kept.tolist()
-    assert D.match_hidden_channels(LlamaForCausalLM(tiny_config(hidden=32)), teacher) is None
+    assert match_hidden_channels(narrow, teacher) == kept.tolist()
+    assert match_hidden_channels(LlamaForCausalLM(tiny_config(hidden=32)), teacher) is None
     # selection-matrix init: with a tiny LR the projection stays (almost) the selection matrix
     cfg = config(hidden_loss="cosine", layer_map="last_k", last_k=2, max_steps=1, learning_rate=1e-8,
                  kept_channels=kept.tolist())
@@ -153,17 +155,17 @@ def test_kept_channels_recovered_and_used_as_projection_init(teacher, blocks):
     selection = torch.zeros(64, 32)
     selection[kept, torch.arange(32)] = 1.0
     assert torch.allclose(result.projections["layer_projection.proj.0.weight"], selection, atol=1e-5)
-    sims = D.hidden_similarity(result.student, teacher, blocks[:2], result.layer_map, result.projections)
-    by_selection = D.hidden_similarity(result.student, teacher, blocks[:2], result.layer_map, kept_channels=kept.tolist())
+    sims = hidden_similarity(result.student, teacher, blocks[:2], result.layer_map, result.projections)
+    by_selection = hidden_similarity(result.student, teacher, blocks[:2], result.layer_map, kept_channels=kept.tolist())
     assert len(sims) == 2 and sims == pytest.approx(by_selection, abs=1e-4)
     with pytest.raises(ValueError, match="kept_channels"):
         D.distill(narrow, teacher, blocks, config(hidden_loss="cosine", kept_channels=list(range(16))))
 
 
 def test_teacher_agreement(student, teacher, blocks):
-    same = D.teacher_agreement(teacher, teacher, blocks[:3], use_autocast=False)
+    same = teacher_agreement(teacher, teacher, blocks[:3], use_autocast=False)
     assert same["forward_kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 1.0
-    other = D.teacher_agreement(student, teacher, blocks[:3], use_autocast=False)
+    other = teacher_agreement(student, teacher, blocks[:3], use_autocast=False)
     with torch.no_grad():  # every position but the last (it predicts nothing in the block)
         expected = forward_kl(student(blocks[:3]).logits[:, :-1], teacher(blocks[:3]).logits[:, :-1]).item()
     assert other["forward_kl"] == pytest.approx(expected, rel=1e-4)
@@ -171,7 +173,7 @@ def test_teacher_agreement(student, teacher, blocks):
 
 
 def test_hidden_similarity_of_the_teacher_itself_is_one(teacher, blocks):
-    sims = D.hidden_similarity(teacher, teacher, blocks[:2], D.uniform_layer_map(4, 4))
+    sims = hidden_similarity(teacher, teacher, blocks[:2], D.uniform_layer_map(4, 4))
     assert sims == pytest.approx([1.0] * 4, abs=1e-5)
 
 
@@ -189,7 +191,7 @@ def test_resume_from_checkpoint_is_exact(student, teacher, blocks, tmp_path):
     cfg = dict(hidden_loss="cosine", embedding_weight=1.0, max_steps=6, save_steps=3, output_dir=str(tmp_path / "a"))
     full = D.distill(student, teacher, blocks, config(**cfg), tokenizer=tiny_tokenizer())
     checkpoint = tmp_path / "a" / "checkpoint-3"
-    assert (checkpoint / D.PROJECTIONS_FILE).is_file() and (checkpoint / "optimizer.pt").is_file()
+    assert (checkpoint / PROJECTIONS_FILE).is_file() and (checkpoint / "optimizer.pt").is_file()
     # a freshly initialised student: everything must come from the checkpoint
     stranger = LlamaForCausalLM(tiny_config(layers=2))
     resumed = D.distill(stranger, teacher, blocks,
@@ -278,7 +280,7 @@ def test_bad_configs_are_refused(overrides, match):
 def no_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("training started before validation")
-    monkeypatch.setattr(D.DistillTrainer, "train", fail)
+    monkeypatch.setattr(DistillTrainer, "train", fail)
 
 
 def test_layer_map_out_of_range_refused_before_training(student, teacher, blocks, no_training):

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM
 
 from helpers import architecture as arch
 from helpers import pruning
+from helpers.budget import candidate_architectures, count_parameters
 from helpers.importance import Importance, estimate_importance, layer_importance, random_importance
 from helpers.models import load_recipe, save_model
-from helpers.pruning import (candidate_architectures, count_parameters, prune_depth, prune_width, pruning_recipe,
-                             select_heads)
+from helpers.pruning import prune_depth, prune_width, pruning_recipe, select_heads
 from tests.test_models import tiny_tokenizer
 
 _deepcopy = copy.deepcopy

@@ -6,7 +6,7 @@ import pytest
 from transformers import LlamaConfig
 
 from helpers import students
-from helpers.pruning import count_parameters
+from helpers.budget import count_parameters
 
 SMOLLM2 = LlamaConfig(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
