@@ -37,7 +37,6 @@ from transformers.trainer_callback import PrinterCallback
 from .architecture import check_supported
 from .distill_config import (LOSSES, DistillConfig, LayerMap, last_k_layer_map, plot_layer_map,  # noqa: F401
                              resolve_layer_map, uniform_layer_map)  # re-exported
-from .distill_diagnostics import teacher_agreement  # noqa: F401  (re-exported for notebook 04)
 from .distill_trainer import DistillModule, DistillTrainer, PerplexityCallback
 from .hardware import best_device, fast_dtype
 from .models import save_model

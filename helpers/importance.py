@@ -3,7 +3,8 @@
 Width scores come from ONE forward pass with hooks over a small calibration set (Muralidharan et al.
 2024, "Compact Language Models via Pruning and Knowledge Distillation", section 2.2)::
 
-    head i of layer l     ||input of o_proj, slice of head i||_2    per token   -> [layers, heads]
+    head i of layer l     ||W_O[:, head i] z_i||_2 (its output into the residual stream)  per token -> [layers, heads]
+                          or Minitron's ||z_i||_2, z_i = slice of head i of the o_proj input (head_score="input")
     neuron i of layer l   |activation entering down_proj|_i        per token   -> [layers, intermediate]
     channel i             |output of a layer norm|_i, summed over all 2*layers+1 norms -> [hidden]
 
@@ -13,17 +14,19 @@ reducing): NVIDIA ModelOpt's Minitron hooks do the same (``input.abs().mean(seq)
 because SwiGLU activations are signed and a signed mean lets a neuron's large positive and negative
 activations cancel, ranking a busy neuron as idle. Higher score = more important, for every criterion.
 
-Depth scores (``layer_importance``): Block Importance BI = 1 - cos(layer input, layer output) averaged
-over tokens (ShortGPT, Men et al. 2024); the LM-loss increase when one layer is skipped (Minitron); and
-the angular distance arccos(cos(h_l, h_{l+n}))/pi between the residual stream before and after a block of
-n layers (Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"), by default on the
-LAST token as in that paper (in a causal model it is the only position that has seen the whole block).
+Head scores: Minitron scores head i by the norm of its attention output z_i before ``o_proj``. That ignores
+what ``o_proj`` does with it: a head can write a large z_i that ``o_proj`` maps to almost nothing. The default
+here (``head_score="output"``) is the norm of what the head actually adds to the residual stream,
+||W_O[:, head i] z_i||, read by the same hook. Measured on the embedded teacher (issue 3 note, notebook 02): when
+only one query head per KV group is kept, the Minitron score is worse than random and the output score is
+better than both baselines; both are offered.
+
+Depth criteria live in ``layer_importance``; the magnitude and random baselines in ``importance_baselines``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -31,7 +34,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -40,10 +42,10 @@ from transformers import PreTrainedModel
 
 from . import architecture as arch
 from .hardware import autocast as fast_autocast
+from .residual_probe import ResidualProbe
 
 AGGREGATIONS: tuple[str, ...] = ("mean", "l2", "var")
-LAYER_CRITERIA: tuple[str, ...] = ("bi", "drop_one", "angular")
-ANGULAR_TOKENS: tuple[str, ...] = ("last", "all")
+HEAD_SCORES: tuple[str, ...] = ("output", "input")
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Importance:
     channels: Tensor | None = None
     layers: dict[str, Tensor] = field(default_factory=dict)
     criterion: str = "activation"  # "activation" | "magnitude" | "random"
+    head_score: str | None = None  # "output" | "input" (activation only; see HEAD_SCORES)
     seq_agg: str | None = None
     batch_agg: str | None = None
     n_samples: int = 0
@@ -70,7 +73,7 @@ class Importance:
 
     def describe(self) -> dict[str, Any]:
         """The metadata (no tensors): what a pruning recipe records about the scores it used."""
-        keys = ("criterion", "seq_agg", "batch_agg", "n_samples", "n_tokens", "sizes", "extra")
+        keys = ("criterion", "head_score", "seq_agg", "batch_agg", "n_samples", "n_tokens", "sizes", "extra")
         return {k: getattr(self, k) for k in keys} | {"layer_criteria": sorted(self.layers)}
 
     def merge(self, other: Importance) -> Importance:
@@ -174,9 +177,6 @@ class _BatchStat:
         return mean if self.how == "mean" else (self.sumsq / self.n - mean.square()).clamp_min(0)
 
 
-def _hidden_states(args: tuple, kwargs: dict) -> Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
 
 def _as_ids(batch: Any, device: torch.device) -> Tensor:
     ids = batch["input_ids"] if isinstance(batch, dict) else batch
@@ -198,58 +198,20 @@ def _device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
-class _ResidualProbe:
-    """Forward hooks on the decoder layers: Block Importance sums and (optionally) the residual stream
-    at every layer boundary for the angular distance. Boundary l is the input of layer l; boundary L the
-    output of the last layer (before the final norm)."""
+def head_norms(z: Tensor, o_proj: torch.nn.Linear, num_heads: int, head_dim: int, head_score: str = "output") -> Tensor:
+    """Per-token norm of each head: ``z`` [B, S, heads * head_dim] (the o_proj input) -> [B, S, heads] float32.
 
-    def __init__(self, num_layers: int, angular_tokens: str | None) -> None:
-        self.cos_sums: list[Tensor | None] = [None] * num_layers
-        self.states: list[Tensor | None] = [None] * (num_layers + 1)
-        self.n_tokens, self.angular_tokens = 0, angular_tokens
-        self._last: tuple[Tensor, Tensor] | None = None  # (previous layer's output, its per-token norms)
-
-    def _cos(self, x_in: Tensor, x_out: Tensor) -> Tensor:
-        """Per-token cos [B, S] in float32. Layer l's input is layer l-1's output, so its norms are reused
-        (2.5x cheaper on CPU than F.cosine_similarity)."""
-        x_in, x_out = x_in.float(), x_out.float()  # the residual stream is float32 already (no copy)
-        reuse = self._last is not None and self._last[0] is x_in
-        norm_in = self._last[1] if reuse else torch.linalg.vector_norm(x_in, dim=-1)
-        norm_out = torch.linalg.vector_norm(x_out, dim=-1)
-        self._last = (x_out, norm_out)
-        return (x_in * x_out).sum(-1) / (norm_in * norm_out).clamp_min(1e-12)
-
-    def attach(self, decoder_layers: Iterable[torch.nn.Module]) -> list:
-        layers = list(decoder_layers)
-
-        def hook(i: int):
-            def fn(module, args, kwargs, out):
-                x_in, x_out = _hidden_states(args, kwargs), out[0] if isinstance(out, tuple) else out
-                cos = self._cos(x_in, x_out)  # [B, S]
-                self.cos_sums[i] = cos.sum() if self.cos_sums[i] is None else self.cos_sums[i] + cos.sum()
-                if i == 0:
-                    self.n_tokens += cos.numel()
-                if self.angular_tokens is not None:
-                    self.states[i] = self._pick(x_in)
-                    if i == len(layers) - 1:
-                        self.states[i + 1] = self._pick(x_out)
-                if i == len(layers) - 1:
-                    self._last = None
-            return fn
-
-        return [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-
-    def _pick(self, x: Tensor) -> Tensor:  # [B, S, hidden] -> unit vectors [B, hidden] or [B, S, hidden]
-        return F.normalize((x[:, -1] if self.angular_tokens == "last" else x).float(), dim=-1)
-
-    def angular(self, n: int) -> Tensor:
-        """Sum over this batch's tokens of arccos(cos(h_l, h_{l+n}))/pi for every start l -> [L - n + 1]."""
-        h = torch.stack(self.states)  # [L + 1, B, (S,) hidden], unit norm
-        cos = (h[:-n] * h[n:]).sum(-1).clamp(-1.0, 1.0)
-        return (torch.arccos(cos) / math.pi).flatten(1).sum(1)
-
-    def block_importance(self) -> Tensor:
-        return 1.0 - torch.stack(self.cos_sums).float().cpu() / self.n_tokens  # [L]
+    "input": ||z_h|| (Minitron). "output": ||W_h z_h|| with W_h = o_proj.weight[:, head h] [hidden, head_dim], the
+    head's contribution to the residual stream, computed as sqrt(z_h^T G_h z_h) with G_h = W_h^T W_h
+    [head_dim, head_dim]: no [B, S, heads, hidden] tensor, and head_dim / hidden of the o_proj matmul's cost.
+    """
+    zh = z.view(*z.shape[:2], num_heads, head_dim)
+    if head_score == "input":
+        return torch.linalg.vector_norm(zh, dim=-1, dtype=torch.float32)
+    w = o_proj.weight.float().view(-1, num_heads, head_dim)  # [hidden, heads, head_dim]
+    gram = torch.einsum("nhd,nhe->hde", w, w)  # [heads, head_dim, head_dim]
+    zh = zh.float()
+    return (torch.einsum("bshd,hde->bshe", zh, gram) * zh).sum(-1).clamp_min(0).sqrt()
 
 
 def estimate_importance(
@@ -260,26 +222,28 @@ def estimate_importance(
     autocast: bool = True,
     progress: bool = True,
     block_importance: bool = True,
+    head_score: str = "output",
 ) -> Importance:
     """Head, neuron and channel scores plus Block Importance (``layers["bi"]``) from one hooked pass.
 
     ``batches``: LongTensors [batch, seq] of packed token ids. Only the decoder stack runs (no LM head:
-    the scores need no logits). ``block_importance=False`` skips BI (about a quarter of the hooks' cost).
+    the scores need no logits). ``head_score``: "output" (default) or "input" (Minitron), see
+    :func:`head_norms`. ``block_importance=False`` skips BI (about a quarter of the hooks' cost).
     The model is not modified; hooks are removed even on error.
     """
     _check_choice("seq_agg", seq_agg, AGGREGATIONS)
     _check_choice("batch_agg", batch_agg, AGGREGATIONS)
+    _check_choice("head_score", head_score, HEAD_SCORES)
     decoder_layers, config = arch.layers(model), model.config
     n_heads, hd = config.num_attention_heads, arch.head_dim(config)
     heads = [_BatchStat(batch_agg) for _ in decoder_layers]
     neurons = [_BatchStat(batch_agg) for _ in decoder_layers]
     norms = [_BatchStat(batch_agg) for _ in range(2 * len(decoder_layers) + 1)]
-    probe = _ResidualProbe(len(decoder_layers), angular_tokens=None)
+    probe = ResidualProbe(len(decoder_layers), angular_tokens=None)
 
     def head_hook(stat: _BatchStat):
         def hook(module, args):  # o_proj input [B, S, heads * head_dim]
-            x = args[0]
-            per_token = torch.linalg.vector_norm(x.view(*x.shape[:2], n_heads, hd), dim=-1, dtype=torch.float32)
+            per_token = head_norms(args[0], module, n_heads, hd, head_score)
             stat.add(_aggregate_sequence(per_token, seq_agg))  # [B, S, heads] -> [B, heads]
         return hook
 
@@ -312,134 +276,5 @@ def estimate_importance(
         neurons=torch.stack([s.result() for s in neurons]).cpu(),
         channels=torch.stack([s.result() for s in norms]).sum(0).cpu(),
         layers={"bi": probe.block_importance()} if block_importance else {},
-        seq_agg=seq_agg, batch_agg=batch_agg, n_samples=n_samples, n_tokens=n_tokens, sizes=model_sizes(model),
+        head_score=head_score, seq_agg=seq_agg, batch_agg=batch_agg, n_samples=n_samples, n_tokens=n_tokens, sizes=model_sizes(model),
     )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Depth
-
-
-@contextmanager
-def skip_layer(layer: torch.nn.Module) -> Iterator[None]:
-    """Temporarily turn a decoder layer into the identity (its input passes through); restored on exit."""
-    previous = layer.__dict__.get("forward")
-    layer.forward = lambda hidden_states, *args, **kwargs: hidden_states
-    try:
-        yield
-    finally:
-        del layer.forward
-        if previous is not None:
-            layer.forward = previous
-
-
-def _lm_loss(model: PreTrainedModel, batches: list[Tensor], autocast: bool) -> float:
-    """Token-weighted mean next-token cross-entropy over ``batches``."""
-    device, total, count = _device(model), 0.0, 0
-    with torch.inference_mode(), fast_autocast(device, enabled=autocast):
-        for batch in batches:
-            ids = _as_ids(batch, device)
-            n = ids.shape[0] * (ids.shape[1] - 1)
-            total, count = total + model(input_ids=ids, labels=ids, use_cache=False).loss.float() * n, count + n
-    return float(total / count)
-
-
-def layer_importance(
-    model: PreTrainedModel,
-    batches: Iterable[Tensor],
-    criteria: Iterable[str] = LAYER_CRITERIA,
-    block_sizes: Iterable[int] | None = None,
-    angular_tokens: str = "last",
-    autocast: bool = True,
-    progress: bool = True,
-) -> Importance:
-    """Depth scores in ``Importance.layers`` (higher = more important: drop the lowest).
-
-    ``bi`` [L]: 1 - mean cos(input, output) of each layer (ShortGPT). ``drop_one`` [L]: LM-loss increase
-    when that layer alone is skipped (L + 1 passes over ``batches``; ``extra["base_loss"]`` is the full
-    model's). ``angular_n`` [L - n + 1] for each n in ``block_sizes`` (default 1..L-1): mean over
-    ``angular_tokens`` ("last" as in Gromov et al., or "all") of arccos(cos(h_l, h_{l+n}))/pi;
-    ``Importance.best_block(n)`` gives the start of smallest distance. The model is left unchanged.
-    """
-    criteria = tuple(criteria)
-    for c in criteria:
-        _check_choice("layer criterion", c, LAYER_CRITERIA)
-    _check_choice("angular_tokens", angular_tokens, ANGULAR_TOKENS)
-    decoder_layers = arch.layers(model)
-    num_layers = len(decoder_layers)
-    block_sizes = tuple(range(1, num_layers)) if block_sizes is None else tuple(int(n) for n in block_sizes)
-    if "angular" in criteria and not all(1 <= n < num_layers for n in block_sizes):
-        raise ValueError(f"block_sizes {block_sizes} must lie in 1..{num_layers - 1} ({num_layers} layers)")
-    batches = list(batches)
-    if not batches:
-        raise ValueError("No calibration batches were given.")
-    device = _device(model)
-    device_batches = [_as_ids(b, device) for b in batches]
-    result = Importance(n_samples=sum(b.shape[0] for b in device_batches),
-                        n_tokens=sum(b.numel() for b in device_batches), sizes=model_sizes(model))
-
-    if "bi" in criteria or "angular" in criteria:
-        probe = _ResidualProbe(num_layers, angular_tokens if "angular" in criteria else None)
-        sums: dict[int, Tensor] = {}
-        with _hooks(probe.attach(decoder_layers)), torch.inference_mode(), fast_autocast(device, enabled=autocast):
-            for ids in tqdm(device_batches, desc="layer importance", disable=not progress):
-                arch.base(model)(input_ids=ids, use_cache=False)
-                if "angular" in criteria:
-                    for n in block_sizes:
-                        sums[n] = probe.angular(n) + sums.get(n, 0.0)
-        if "bi" in criteria:
-            result.layers["bi"] = probe.block_importance()
-        count = result.n_samples if angular_tokens == "last" else result.n_tokens
-        result.layers |= {f"angular_{n}": (s / count).float().cpu() for n, s in sums.items()}
-
-    if "drop_one" in criteria:
-        base = _lm_loss(model, device_batches, autocast)
-        losses = []
-        for layer in tqdm(decoder_layers, desc="drop one layer", disable=not progress):
-            with skip_layer(layer):
-                losses.append(_lm_loss(model, device_batches, autocast))
-        result.layers["drop_one"] = torch.tensor(losses) - base
-        result.extra["base_loss"] = base
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------
-# Baselines with the same results object
-
-
-@torch.no_grad()
-def magnitude_importance(model: PreTrainedModel) -> Importance:
-    """Weight-magnitude scores (no data). Head: Frobenius norm of its o_proj columns. Neuron: product of
-    the L2 norms of its gate_proj row, up_proj row and down_proj column. Channel: L2 norm of every weight
-    that writes it (embed_tokens, o_proj and down_proj rows) or reads it (lm_head, q/k/v/gate/up
-    columns). Layer (``layers["magnitude"]``): L2 norm of all its weights."""
-    config, heads, neurons, layer_norms = model.config, [], [], []
-    n_heads, hd = config.num_attention_heads, arch.head_dim(config)
-    col_sq = arch.embed_tokens(model).weight.float().square().sum(0)  # [hidden]
-    if not arch.is_tied(model):
-        col_sq += arch.lm_head(model).weight.float().square().sum(0)
-    for layer in arch.layers(model):
-        attn, mlp = arch.attention(layer), arch.mlp(layer)
-        o = attn.o_proj.weight.float()  # [hidden, heads * head_dim]
-        heads.append(torch.linalg.vector_norm(o.view(o.shape[0], n_heads, hd), dim=(0, 2)))
-        neurons.append(mlp.gate_proj.weight.float().norm(dim=1) * mlp.up_proj.weight.float().norm(dim=1)
-                       * mlp.down_proj.weight.float().norm(dim=0))
-        for reader in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-            col_sq += reader.weight.float().square().sum(0)
-        for writer in (attn.o_proj, mlp.down_proj):
-            col_sq += writer.weight.float().square().sum(1)
-        layer_norms.append(torch.sqrt(sum(p.float().square().sum() for p in layer.parameters())))
-    return Importance(heads=torch.stack(heads).cpu(), neurons=torch.stack(neurons).cpu(), channels=col_sq.sqrt().cpu(),
-                      layers={"magnitude": torch.stack(layer_norms).cpu()}, criterion="magnitude",
-                      sizes=model_sizes(model))
-
-
-def random_importance(model: PreTrainedModel, seed: int = 0) -> Importance:
-    """Uniform random scores (seeded): the baseline every criterion must beat."""
-    s, g = model_sizes(model), torch.Generator().manual_seed(seed)
-    L = s["num_hidden_layers"]
-    return Importance(heads=torch.rand(L, s["num_attention_heads"], generator=g),
-                      neurons=torch.rand(L, s["intermediate_size"], generator=g),
-                      channels=torch.rand(s["hidden_size"], generator=g),
-                      layers={"random": torch.rand(L, generator=g)}, criterion="random", sizes=s,
-                      extra={"seed": seed})

@@ -25,7 +25,8 @@ from transformers import PreTrainedModel
 
 from . import architecture as arch
 from .hardware import autocast as fast_autocast
-from .importance import AGGREGATIONS, Importance, _as_ids, _check_choice, _device, _hooks, model_sizes
+from .importance import (AGGREGATIONS, HEAD_SCORES, Importance, _as_ids, _check_choice, _device, _hooks, head_norms,
+                         model_sizes)
 
 UNITS: tuple[str, ...] = ("heads", "neurons", "norms")
 
@@ -42,6 +43,7 @@ class ImportanceStats:
     chunk_size: int
     n_tokens: int
     sizes: dict[str, int] = field(default_factory=dict)
+    head_score: str = "output"
 
     @property
     def n_chunks(self) -> int:
@@ -70,7 +72,7 @@ class ImportanceStats:
             return (mean if batch_agg == "mean" else (s2 / n - mean.square()).clamp_min(0)).float()
 
         return Importance(heads=reduce("heads"), neurons=reduce("neurons"), channels=reduce("norms").sum(0),
-                          seq_agg=seq_agg, batch_agg=batch_agg, n_samples=int(n),
+                          head_score=self.head_score, seq_agg=seq_agg, batch_agg=batch_agg, n_samples=int(n),
                           n_tokens=int(n) * (self.n_tokens // max(self.n_samples, 1)), sizes=self.sizes,
                           extra={"chunks": idx.tolist()})
 
@@ -82,6 +84,7 @@ def collect_statistics(
     seq_aggs: Sequence[str] = AGGREGATIONS,
     autocast: bool = True,
     progress: bool = True,
+    head_score: str = "output",
 ) -> ImportanceStats:
     """One hooked pass over ``batches`` (LongTensors [batch, seq]) keeping per-chunk sums (module docstring).
 
@@ -90,6 +93,7 @@ def collect_statistics(
     ``estimate_importance``'s two-pass variance by about 1%). The model is not modified; hooks are removed even on error.
     """
     seq_aggs = tuple(seq_aggs)
+    _check_choice("head_score", head_score, HEAD_SCORES)
     for how in seq_aggs:
         _check_choice("seq_agg", how, AGGREGATIONS)
     if chunk_size < 1:
@@ -122,8 +126,7 @@ def collect_statistics(
 
     def head_hook(i: int):
         def hook(module, args):  # o_proj input [B, S, heads * head_dim] -> per-head norms [B, S, heads]
-            x = args[0]
-            add("heads", i, torch.linalg.vector_norm(x.view(*x.shape[:2], H, hd), dim=-1, dtype=torch.float32))
+            add("heads", i, head_norms(args[0], module, H, hd, head_score))
         return hook
 
     handles = []
@@ -149,7 +152,7 @@ def collect_statistics(
     counts = torch.tensor([min(chunk_size, n - c * chunk_size) for c in range(n_chunks)])
     stacked = {k: {how: {u: torch.stack(chunks[k][f"{how}.{u}"]) for u in UNITS} for how in seq_aggs}
                for k in ("s1", "s2")}
-    return ImportanceStats(stacked["s1"], stacked["s2"], counts, chunk_size, n_tokens, model_sizes(model))
+    return ImportanceStats(stacked["s1"], stacked["s2"], counts, chunk_size, n_tokens, model_sizes(model), head_score)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 
 from . import architecture as arch
 from .budget import _check_config
-from .budget import count_parameters  # used by pruning_recipe; re-exported for notebooks 02 and 04
+from .budget import count_parameters
 from .importance import Importance, model_sizes
 
 

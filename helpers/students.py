@@ -20,7 +20,8 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from . import data
 from .budget import candidate_architectures, count_parameters
-from .importance import estimate_importance, layer_importance
+from .importance import estimate_importance
+from .layer_importance import layer_importance
 from .models import load_model, save_model
 from .pruning import prune_depth, prune_width, pruning_recipe
 from .runs import by_scale, model_dir

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers import architecture as arch
-from helpers.importance import (Importance, estimate_importance, layer_importance, magnitude_importance,
-                                random_importance)
+from helpers.importance import Importance, estimate_importance, head_norms
+from helpers.importance_baselines import magnitude_importance, random_importance
+from helpers.layer_importance import layer_importance
 from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_heads, plot_layers,
                                       plot_neurons, plot_rank_matrix)
 from helpers.importance_study import collect_statistics, compare, kendall, spearman, topk_overlap
@@ -53,8 +54,18 @@ def test_scores_match_hand_computation(tiny_model, tiny_batches, seq_agg, batch_
     t = _capture(model, tiny_batches)
     agg = lambda x: BATCH[batch_agg](SEQ[seq_agg](x))  # noqa: E731
     L = c.num_hidden_layers
-    heads = torch.stack([agg(t[f"o{i}"].unflatten(-1, (c.num_attention_heads, c.head_dim)).norm(dim=-1))
-                         for i in range(L)])
+    H, hd = c.num_attention_heads, c.head_dim
+
+    def contribution(i):  # ||o_proj restricted to head h, applied to z_h|| -> [N, S, H], the long way
+        z, W = t[f"o{i}"].unflatten(-1, (H, hd)), arch.layers(model)[i].self_attn.o_proj.weight
+        return torch.stack([(z[:, :, h] @ W[:, h * hd:(h + 1) * hd].T).norm(dim=-1) for h in range(H)], -1)
+
+    heads = torch.stack([agg(contribution(i)) for i in range(L)])
+    minitron = torch.stack([agg(t[f"o{i}"].unflatten(-1, (H, hd)).norm(dim=-1)) for i in range(L)])
+    imp_in = estimate_importance(model, tiny_batches, seq_agg, batch_agg, autocast=False, progress=False,
+                                 head_score="input", block_importance=False)
+    torch.testing.assert_close(imp_in.heads, minitron, rtol=1e-4, atol=1e-6)
+    assert (imp.head_score, imp_in.head_score) == ("output", "input")
     neurons = torch.stack([agg(t[f"d{i}"]) for i in range(L)])
     channels = sum(agg(t[f"n{i}.{j}"]) for i in range(L) for j in (0, 1)) + agg(t["final"])
     bi = torch.stack([1 - F.cosine_similarity(t[f"in{i}"], t[f"out{i}"], dim=-1).mean() for i in range(L)])
@@ -79,9 +90,11 @@ def _no_batches():
     yield  # pragma: no cover
 
 
-@pytest.mark.parametrize("kwargs", [{"seq_agg": "max"}, {"batch_agg": "sum"}])
-def test_bad_aggregation_raises_before_any_forward(tiny_model, kwargs):
-    with pytest.raises(ValueError, match="allowed: mean, l2, var"):
+@pytest.mark.parametrize("kwargs,match", [({"seq_agg": "max"}, "allowed: mean, l2, var"),
+                                          ({"batch_agg": "sum"}, "allowed: mean, l2, var"),
+                                          ({"head_score": "qk"}, "allowed: output, input")])
+def test_bad_aggregation_raises_before_any_forward(tiny_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
         estimate_importance(tiny_model(), _no_batches(), progress=False, **kwargs)
 
 

@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM
 from helpers import architecture as arch
 from helpers import pruning
 from helpers.budget import candidate_architectures, count_parameters
-from helpers.importance import Importance, estimate_importance, layer_importance, random_importance
+from helpers.importance import Importance, estimate_importance
+from helpers.importance_baselines import random_importance
+from helpers.layer_importance import layer_importance
 from helpers.models import load_recipe, save_model
 from helpers.pruning import prune_depth, prune_width, pruning_recipe, select_heads
 from tests.test_models import tiny_tokenizer
