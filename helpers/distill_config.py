@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .losses import HIDDEN_LOSSES, LOGIT_LOSSES
+from .hidden_losses import HIDDEN_LOSSES
+from .losses import LOGIT_LOSSES
 
 LOSSES: tuple[str, ...] = (*LOGIT_LOSSES, "ce")
 LayerMap = list[tuple[int, int]]  # (student_layer, teacher_layer) pairs, 0-based
@@ -27,6 +28,8 @@ class DistillConfig:
 
     loss: str = "forward_kl"  # "forward_kl" | "reverse_kl" | "jsd" | "ce" (fine-tuning baseline)
     temperature: float = 1.0  # tau; Minitron uses 1
+    teacher_temperature: float = 1.0  # the target is softmax(z_t / teacher_temperature) (before tau): set it to the
+    # sampling temperature of teacher-generated training text to distil the distribution the text was drawn from
     jsd_beta: float = 0.5  # GKD beta: 0 = forward KL, 1 = reverse KL
     top_k: int | None = None  # distil only the teacher's top-k tokens (see losses module docstring)
     renormalize_student: bool = True  # with top_k: renormalise the student over the top-k too
@@ -70,6 +73,8 @@ class DistillConfig:
             raise bad("loss", ", ".join(map(repr, LOSSES)))
         if not self.temperature > 0:
             raise bad("temperature", "a number > 0 (1.0 = plain softmax)")
+        if not self.teacher_temperature > 0:
+            raise bad("teacher_temperature", "a number > 0 (1.0 = the teacher as it is)")
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise bad("jsd_beta", "0 <= beta <= 1")
         if self.top_k is not None and self.top_k < 1:

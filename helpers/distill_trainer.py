@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .distill_config import DistillConfig, LayerMap
-from .losses import (HiddenProjection, causal_lm_loss, dynamic_alpha, embedding_loss, hidden_state_loss,
-                     logit_distillation_loss, shift_labels)
+from .hidden_losses import HiddenProjection, dynamic_alpha, embedding_loss, hidden_state_loss
+from .losses import causal_lm_loss, logit_distillation_loss, shift_labels
 
 PROJECTIONS_FILE = "distill_projections.safetensors"
 
@@ -108,8 +108,11 @@ class DistillTrainer(Trainer):
         else:
             teacher_out = self._teacher_forward(input_ids, attention_mask, cfg.uses_hidden_states)
             logit_mask = shift_labels(labels, attention_mask) != -100  # [B, S]
+            teacher_logits = teacher_out.logits  # [B, S, V], no grad
+            if cfg.teacher_temperature != 1.0:
+                teacher_logits = teacher_logits / cfg.teacher_temperature
             parts["kd"] = loss = logit_distillation_loss(
-                out["logits"], teacher_out.logits, cfg.loss, mask=logit_mask, temperature=cfg.temperature,
+                out["logits"], teacher_logits, cfg.loss, mask=logit_mask, temperature=cfg.temperature,
                 beta=cfg.jsd_beta, top_k=cfg.top_k, renormalize_student=cfg.renormalize_student)
             intermediate = None
             if "hidden" in out:

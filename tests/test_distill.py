@@ -13,6 +13,7 @@ from helpers import distill as D
 from helpers.distill_diagnostics import hidden_similarity, match_hidden_channels, teacher_agreement
 from helpers.distill_trainer import PROJECTIONS_FILE, DistillTrainer
 from helpers.hardware import cpu_has_fast_bf16
+from helpers import losses as L
 from helpers.losses import forward_kl
 from helpers.models import load_recipe
 
@@ -231,6 +232,16 @@ def test_loss_variants_train(student, teacher, blocks, overrides):
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
 
+def test_teacher_temperature_sharpens_the_target(student, teacher, blocks):
+    """The first step's KD loss is forward KL to softmax(z_t / T_t): checked by hand on one batch of all blocks."""
+    n = len(blocks)
+    result = D.distill(student, teacher, blocks, config(max_steps=1, batch_size=n, teacher_temperature=0.5))
+    with torch.no_grad():
+        want = L.forward_kl(student(blocks).logits, teacher(blocks).logits / 0.5, labels=L.shift_labels(blocks))
+    logged = [r for r in result.history if "loss" in r][0]["kd"]
+    assert logged == pytest.approx(want.item(), rel=1e-4)
+
+
 def test_ce_baseline_needs_no_teacher(student, blocks):
     result = D.distill(student, None, blocks, config(loss="ce", max_steps=4))
     rows = [r for r in result.history if "loss" in r]
@@ -265,6 +276,7 @@ def test_bf16_autocast_and_bf16_teacher(student, teacher, blocks):
 @pytest.mark.parametrize("overrides, match", [
     (dict(temperature=0.0), "temperature"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(teacher_temperature=0.0), "teacher_temperature"),
     (dict(loss="kl"), "forward_kl"),
     (dict(jsd_beta=2.0), "beta"),
     (dict(hidden_loss="l1"), "cosine"),

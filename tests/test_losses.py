@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import hidden_losses as HL
+from helpers import logit_chunks
 from helpers import losses as L
 
 
@@ -136,7 +138,7 @@ def _naive(name: str, s: torch.Tensor, t: torch.Tensor, tau: float, mask: torch.
 @pytest.mark.parametrize("rows_per_chunk", [1, 1000])
 def test_values_and_gradients_match_textbook_formulas(logits, name, top_k, renormalize, rows_per_chunk, monkeypatch):
     """The chunked, fused-gradient implementation against plain autograd on the formulas (fp64)."""
-    monkeypatch.setitem(L.CHUNK_ELEMENTS, "cpu", rows_per_chunk * V)
+    monkeypatch.setitem(logit_chunks.CHUNK_ELEMENTS, "cpu", rows_per_chunk * V)
     s, t = (x.double() for x in logits)
     mask = torch.ones(B, S, dtype=torch.bool)
     mask[0, 3] = mask[1, 0] = False
@@ -197,39 +199,39 @@ def test_causal_lm_loss_matches_shifted_cross_entropy(logits):
 # Hidden states
 
 
-@pytest.mark.parametrize("kind", L.HIDDEN_LOSSES)
+@pytest.mark.parametrize("kind", HL.HIDDEN_LOSSES)
 def test_hidden_losses_zero_for_identical_states(kind):
     h = torch.randn(B, S, H)
-    assert L.hidden_state_loss([h, h * 2], [h, h * 2], kind).abs() < 1e-6
+    assert HL.hidden_state_loss([h, h * 2], [h, h * 2], kind).abs() < 1e-6
 
 
-@pytest.mark.parametrize("kind", L.HIDDEN_LOSSES)
+@pytest.mark.parametrize("kind", HL.HIDDEN_LOSSES)
 def test_hidden_losses_respect_mask(kind):
     s, t = torch.randn(B, S, H), torch.randn(B, S, H)
     mask = torch.ones(B, S, dtype=torch.bool)
     mask[1, 1:] = False
     s2 = s.clone()
     s2[~mask] = 1e4
-    torch.testing.assert_close(L.hidden_state_loss([s], [t], kind, mask), L.hidden_state_loss([s2], [t], kind, mask))
+    torch.testing.assert_close(HL.hidden_state_loss([s], [t], kind, mask), HL.hidden_state_loss([s2], [t], kind, mask))
 
 
 def test_hidden_loss_values():
     s, t = torch.randn(B, S, H), torch.randn(B, S, H)
-    torch.testing.assert_close(L.cosine_loss(s, t), (1 - F.cosine_similarity(s, t, dim=-1)).mean())
-    torch.testing.assert_close(L.mse_loss(s, t), F.mse_loss(s, t))
+    torch.testing.assert_close(HL.cosine_loss(s, t), (1 - F.cosine_similarity(s, t, dim=-1)).mean())
+    torch.testing.assert_close(HL.mse_loss(s, t), F.mse_loss(s, t))
     variance = t.reshape(-1, H).var(0, unbiased=False).mean()
-    torch.testing.assert_close(L.nmse_loss(s, t), F.mse_loss(s, t) / (variance + 1e-6))
+    torch.testing.assert_close(HL.nmse_loss(s, t), F.mse_loss(s, t) / (variance + 1e-6))
     # nmse is scale-free: scaling both states changes nothing; cosine ignores the student's scale
-    torch.testing.assert_close(L.nmse_loss(10 * s, 10 * t), L.nmse_loss(s, t), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(L.cosine_loss(3 * s, t), L.cosine_loss(s, t))
+    torch.testing.assert_close(HL.nmse_loss(10 * s, 10 * t), HL.nmse_loss(s, t), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(HL.cosine_loss(3 * s, t), HL.cosine_loss(s, t))
 
 
 def test_projection_shapes_and_identity_init():
-    same = L.HiddenProjection(H, H, num_layers=2)
+    same = HL.HiddenProjection(H, H, num_layers=2)
     h = torch.randn(B, S, H)
     out = same([h, h])
     assert len(out) == 2 and torch.equal(out[0], h)
-    wide = L.HiddenProjection(6, H, num_layers=3)
+    wide = HL.HiddenProjection(6, H, num_layers=3)
     out = wide([torch.randn(B, S, 6)] * 3)
     assert [tuple(o.shape) for o in out] == [(B, S, H)] * 3
     assert wide.proj[0].weight.shape == (H, 6)
@@ -242,20 +244,20 @@ def test_projection_shapes_and_identity_init():
     projected = wide([t[..., kept]] * 3)[0]
     torch.testing.assert_close(projected[..., kept], t[..., kept])
     # gradients reach the projection through the loss
-    loss = L.hidden_state_loss([torch.randn(B, S, 6)], [t], "mse", projection=L.HiddenProjection(6, H, 1))
+    loss = HL.hidden_state_loss([torch.randn(B, S, 6)], [t], "mse", projection=HL.HiddenProjection(6, H, 1))
     assert loss.requires_grad
 
 
 def test_embedding_loss_is_a_one_layer_hidden_loss():
     s, t = torch.randn(B, S, H), torch.randn(B, S, H)
-    proj = L.HiddenProjection(H, H)
-    torch.testing.assert_close(L.embedding_loss(s, t, "cosine", projection=proj), L.cosine_loss(s, t))
+    proj = HL.HiddenProjection(H, H)
+    torch.testing.assert_close(HL.embedding_loss(s, t, "cosine", projection=proj), HL.cosine_loss(s, t))
 
 
 def test_dynamic_alpha_is_detached():
     w = torch.tensor(2.0, requires_grad=True)
     logit_loss, intermediate = 3 * w, w**2  # 6 and 4 at w = 2
-    alpha = L.dynamic_alpha(logit_loss, intermediate)
+    alpha = HL.dynamic_alpha(logit_loss, intermediate)
     assert not alpha.requires_grad
     torch.testing.assert_close(alpha, torch.tensor(1.5))
     (alpha * intermediate).backward()
