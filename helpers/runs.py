@@ -75,6 +75,18 @@ def record_metrics(name: str, notebook: str, metrics: dict[str, Any], scale_name
     return entry
 
 
+def record_baseline(name: str, notebook: str, params: int, ppl: Any) -> str:
+    """Record an undistilled model (teacher or pruned student) re-measured on a notebook's own evaluation windows.
+
+    ``ppl``: an ``evaluate.Perplexity``. The row is named ``"<name> @ <tokens> tokens"`` so it sits beside the runs
+    it is compared with, on the same tokens, and the full-split row written by notebooks 00-03 is kept.
+    """
+    key = f"{name} @ {ppl.n_tokens:,} tokens"
+    record_metrics(key, notebook, {"params": params, "heldout_ppl": round(ppl.ppl, 3), "ppl_tokens": ppl.n_tokens,
+                                   "tokens_seen": 0})
+    return key
+
+
 def results_table(columns: tuple[str, ...] = ("notebook", "params", "heldout_ppl", "tokens_seen")) -> str:
     """A markdown table of every recorded model (one row each) with the given columns."""
     records = load_metrics()
