@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import architecture as arch
-from helpers.importance import Importance, estimate_importance, head_norms
+from helpers.importance import Importance, estimate_importance
 from helpers.importance_baselines import magnitude_importance, random_importance
 from helpers.layer_importance import layer_importance
 from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_heads, plot_layers,
