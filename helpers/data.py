@@ -96,6 +96,26 @@ def load_texts(source: str = "embedded", split: str = "train", text_field: str =
     return [t for t in ds[text_field] if t and t.strip()]
 
 
+def _pack(documents, block_size: int, max_blocks: int | None) -> list[torch.Tensor]:
+    """Concatenate ``documents`` (each a tuple of equal-length id lists, e.g. ``(input_ids, labels)``) and cut
+    each stream into ``[n_blocks, block_size]``, stopping once ``max_blocks`` are filled (remainder dropped)."""
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    streams: list[list[int]] | None = None
+    need = None if max_blocks is None else max_blocks * block_size
+    for doc in documents:
+        streams = streams or [[] for _ in doc]
+        for stream, part in zip(streams, doc):
+            stream.extend(part)
+        if need is not None and len(streams[0]) >= need:
+            break
+    total = len(streams[0]) if streams else 0
+    n = total // block_size if need is None else min(total // block_size, max_blocks)
+    if n == 0:
+        raise ValueError(f"Only {total} tokens: not enough for one block of {block_size}.")
+    return [torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size) for stream in streams]
+
+
 def token_blocks(texts: list[str], tokenizer, block_size: int = 512, max_blocks: int | None = None) -> torch.Tensor:
     """Pack documents into ``[n_blocks, block_size]`` token ids.
 
@@ -105,17 +125,8 @@ def token_blocks(texts: list[str], tokenizer, block_size: int = 512, max_blocks:
     if block_size < 2:
         raise ValueError(f"block_size must be >= 2, got {block_size}")
     eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    need = None if max_blocks is None else max_blocks * block_size
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids)
-        stream.append(eos)
-        if need is not None and len(stream) >= need:
-            break
-    n = len(stream) // block_size if need is None else min(len(stream) // block_size, max_blocks)
-    if n == 0:
-        raise ValueError(f"Only {len(stream)} tokens: not enough for one block of {block_size}.")
-    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
+    docs = ((ids + [eos],) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return _pack(docs, block_size, max_blocks)[0]
 
 
 def load_blocks(
@@ -158,19 +169,33 @@ def chat_pairs(split: str = "train") -> list[ChatPair]:
     return [ChatPair(r["prompt"], r["text"], r["topic"], r["style"]) for r in load_records(split)]
 
 
-def chat_examples(pairs: list[ChatPair], tokenizer, max_length: int = 512) -> list[dict[str, torch.Tensor]]:
+def chat_examples(pairs: list[ChatPair], tokenizer, max_length: int | None = 512) -> list[dict[str, torch.Tensor]]:
     """Chat-template each pair; labels are -100 on the prompt so only the response is learned.
 
-    Returns dicts of ``input_ids`` / ``labels`` ``[seq]`` (seq <= max_length).
+    Returns dicts of ``input_ids`` / ``labels`` ``[seq]`` (seq <= max_length; None = no cut).
     """
-    examples = []
-    for p in pairs:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
-        )
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(p.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (p_ids + r_ids)[:max_length]
-        labels = ([-100] * len(p_ids) + r_ids)[:max_length]
-        examples.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
-    return examples
+    return [_chat_example(p, tokenizer, max_length) for p in pairs]
+
+
+def _chat_example(p: ChatPair, tokenizer, max_length: int | None) -> dict[str, torch.Tensor]:
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
+    )
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(p.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + r_ids)[:max_length]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+
+
+def chat_blocks(tokenizer, split: str = "train", block_size: int = 512, max_blocks: int | None = None
+                ) -> dict[str, torch.Tensor]:
+    """The embedded corpus as the teacher wrote it: each response after its chat-templated prompt, packed.
+
+    Like :func:`token_blocks`, examples (prompt + response + EOS) are concatenated and cut into
+    ``[n_blocks, block_size]`` ``input_ids``; ``labels`` (same shape, unshifted) are ``-100`` on the prompt
+    tokens, so a loss or a perplexity counts only the responses, each scored with its prompt in context.
+    """
+    examples = (_chat_example(pair, tokenizer, None) for pair in chat_pairs(split))
+    ids, labels = _pack(((e["input_ids"].tolist(), e["labels"].tolist()) for e in examples), block_size, max_blocks)
+    return {"input_ids": ids, "labels": labels}

@@ -41,25 +41,37 @@ class Perplexity:
 
 @torch.no_grad()
 def perplexity(
-    model, blocks: torch.Tensor, batch_size: int = 4, use_autocast: bool = True, progress: bool = False
+    model, blocks: torch.Tensor, batch_size: int = 4, use_autocast: bool = True, progress: bool = False,
+    labels: torch.Tensor | None = None,
 ) -> Perplexity:
-    """Perplexity of ``model`` on ``blocks`` ``[n_windows, window]`` by the module's protocol."""
+    """Perplexity of ``model`` on ``blocks`` ``[n_windows, window]`` by the module's protocol.
+
+    ``labels`` (optional, ``[n_windows, window]``, unshifted, ``-100`` = not scored) restricts the score to
+    some tokens, e.g. the responses of :func:`helpers.data.chat_blocks` with their prompts as context only.
+    """
     if blocks.ndim != 2 or blocks.shape[1] < 2:
         raise ValueError(f"blocks must be [n_windows, window >= 2], got shape {tuple(blocks.shape)}")
+    if labels is not None and labels.shape != blocks.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} must have the shape of blocks {tuple(blocks.shape)}")
+    targets = blocks if labels is None else labels
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    for batch in tqdm(blocks.split(batch_size), desc="perplexity", disable=not progress, leave=False):
-        batch = batch.to(device)
+    batches = zip(blocks.split(batch_size), targets.split(batch_size))
+    for batch, target in tqdm(batches, desc="perplexity", disable=not progress, leave=False,
+                              total=math.ceil(len(blocks) / batch_size)):
+        batch, target = batch.to(device), target[:, 1:].to(device)
         with autocast(device, enabled=use_autocast):
             logits = model(input_ids=batch).logits  # [B, L, vocab]
         nll = F.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"
+            logits[:, :-1].float().flatten(0, 1), target.flatten(), reduction="sum", ignore_index=-100
         )  # predicts tokens 1..L-1 from their prefix
         total_nll += nll.item()
-        total_tokens += batch[:, 1:].numel()
+        total_tokens += int((target != -100).sum())
     model.train(was_training)
+    if total_tokens == 0:
+        raise ValueError("No token to score: every label is -100")
     mean = total_nll / total_tokens
     return Perplexity(math.exp(mean), mean, total_tokens, len(blocks), blocks.shape[1])
 

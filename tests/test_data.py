@@ -71,3 +71,22 @@ def test_chat_examples_mask_the_prompt(tok):
     ex = data.chat_examples([pair], tok)[0]
     assert ex["input_ids"].shape == ex["labels"].shape == (8,)
     assert (ex["labels"][:3] == -100).all() and ex["labels"][-1].item() == tok.eos_token_id
+
+
+def test_chat_blocks_pack_prompted_responses(tok, monkeypatch):
+    pairs = [data.ChatPair(prompt=words(3, 10 * i), response=words(5 + i, 50 + i), topic="t", style="qa")
+             for i in range(4)]
+    monkeypatch.setattr(data, "chat_pairs", lambda split="train": pairs)
+    examples = data.chat_examples(pairs, tok, max_length=None)
+    stream_ids = torch.cat([e["input_ids"] for e in examples])
+    stream_labels = torch.cat([e["labels"] for e in examples])
+    out = data.chat_blocks(tok, block_size=8)
+    n = len(stream_ids) // 8
+    assert out["input_ids"].shape == out["labels"].shape == (n, 8)
+    assert torch.equal(out["input_ids"].flatten(), stream_ids[: n * 8])
+    assert torch.equal(out["labels"].flatten(), stream_labels[: n * 8])
+    scored = out["labels"] != -100  # exactly the response tokens and their EOS, which equal the inputs there
+    assert torch.equal(out["labels"][scored], out["input_ids"][scored]) and 0 < scored.sum() < scored.numel()
+    assert data.chat_blocks(tok, block_size=8, max_blocks=2)["input_ids"].shape == (2, 8)
+    with pytest.raises(ValueError, match="not enough"):
+        data.chat_blocks(tok, block_size=10_000)

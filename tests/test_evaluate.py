@@ -26,6 +26,24 @@ def test_perplexity_matches_hand_computation(tiny_model):
         E.perplexity(model, blocks[0])
 
 
+def test_perplexity_scores_only_labelled_tokens(tiny_model):
+    model = tiny_model()
+    blocks = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(1))
+    labels = blocks.clone()
+    labels[:, :4] = -100  # a "prompt": context only
+    res = E.perplexity(model, blocks, batch_size=1, use_autocast=False, labels=labels)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(blocks).logits[:, :-1], -1).gather(-1, blocks[:, 1:, None])[..., 0]
+    nll = -logp[:, 3:].mean().item()  # positions predicting tokens 4..9
+    assert res.n_tokens == 12 and math.isclose(res.nll, nll, rel_tol=1e-5)
+    assert math.isclose(E.perplexity(model, blocks, use_autocast=False, labels=blocks).nll,
+                        E.perplexity(model, blocks, use_autocast=False).nll, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="shape of blocks"):
+        E.perplexity(model, blocks, labels=labels[:, :5])
+    with pytest.raises(ValueError, match="No token"):
+        E.perplexity(model, blocks, labels=torch.full_like(blocks, -100))
+
+
 def test_generate_returns_new_text_only(tiny_model):
     model, tok = tiny_model(), tiny_tokenizer()
     outs = E.generate(model, tok, ["t5 t6", "t7"], max_new_tokens=4)
