@@ -7,8 +7,8 @@ plain CE loss. The parts are timed right after each trainer step (interleaved, s
 both alike); the first ``--warmup`` rounds are dropped. Prints medians, the ratio (target <= 1.15), the KD loss
 alone for reference, and peak memory.
 
-    python benchmarks/distill_step.py                  # notebook 04's laptop batch: 4 x 512 tokens
-    python benchmarks/distill_step.py --batch-size 2 --seq-len 256   # a small batch: the optimizer weighs more
+    python benchmarks/distill_step.py                  # notebook 04's laptop batch: 1 x 512 tokens
+    python benchmarks/distill_step.py --batch-size 4   # a larger batch: the optimizer weighs less
     python benchmarks/distill_step.py --drop-layers 15 --hidden-loss cosine --repeats 9
     python benchmarks/distill_step.py --threads 1      # on a busy shared CPU, 2 threads can be far slower
 
@@ -101,7 +101,7 @@ def peak_memory_mib() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="teacher: embedded alias, folder or Hub id")
-    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step (notebook 04 laptop: 4)")
+    parser.add_argument("--batch-size", type=int, default=1, help="sequences per step (notebook 04 laptop: 1)")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (notebook 04 laptop: 512)")
     parser.add_argument("--drop-layers", type=int, default=10, help="student = teacher minus its last N layers")
     parser.add_argument("--loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "jsd"])
