@@ -14,8 +14,7 @@ alone for reference, and peak memory.
 
 The student is the embedded teacher with its last ``--drop-layers`` layers removed (a depth-pruned student).
 The default batch is the one notebook 04 trains with at the laptop scale. The AdamW step costs the same whatever
-the batch, so on smaller batches it is a larger share of the step (on the 2-core CPU: about 6% of the step at
-2 x 256, under 2% at 4 x 512).
+the batch, so on smaller batches it is a larger share of the step (the run prints it).
 """
 
 from __future__ import annotations
