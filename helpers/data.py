@@ -199,3 +199,20 @@ def chat_blocks(tokenizer, split: str = "train", block_size: int = 512, max_bloc
     examples = (_chat_example(pair, tokenizer, None) for pair in chat_pairs(split))
     ids, labels = _pack(((e["input_ids"].tolist(), e["labels"].tolist()) for e in examples), block_size, max_blocks)
     return {"input_ids": ids, "labels": labels}
+
+
+def training_blocks(tokenizer, block_size: int = 512, max_blocks: int | None = None, chat: bool = True
+                    ) -> dict[str, torch.Tensor]:
+    """Training inputs from the embedded train split for :func:`helpers.distill.distill`.
+
+    ``chat=True``: :func:`chat_blocks` (``input_ids`` and ``labels``, each response after its prompt);
+    ``chat=False``: the responses alone, packed by :func:`load_blocks` (``input_ids`` only). Shapes ``[n, block_size]``.
+    """
+    if chat:
+        return chat_blocks(tokenizer, split="train", block_size=block_size, max_blocks=max_blocks)
+    return {"input_ids": load_blocks(tokenizer, split="train", block_size=block_size, max_blocks=max_blocks)}
+
+
+def scored_tokens(inputs: dict[str, torch.Tensor]) -> int:
+    """How many tokens of ``inputs`` (``input_ids`` and optional ``labels``, -100 = not scored) carry a loss."""
+    return int((inputs.get("labels", inputs["input_ids"]) != -100).sum())

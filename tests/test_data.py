@@ -88,5 +88,8 @@ def test_chat_blocks_pack_prompted_responses(tok, monkeypatch):
     scored = out["labels"] != -100  # exactly the response tokens and their EOS, which equal the inputs there
     assert torch.equal(out["labels"][scored], out["input_ids"][scored]) and 0 < scored.sum() < scored.numel()
     assert data.chat_blocks(tok, block_size=8, max_blocks=2)["input_ids"].shape == (2, 8)
+    chat = data.training_blocks(tok, block_size=8, max_blocks=2)
+    assert torch.equal(chat["labels"], out["labels"][:2]) and data.scored_tokens(chat) == int(scored[:2].sum())
+    assert data.scored_tokens({"input_ids": out["input_ids"]}) == out["input_ids"].numel()
     with pytest.raises(ValueError, match="not enough"):
         data.chat_blocks(tok, block_size=10_000)
