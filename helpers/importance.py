@@ -21,6 +21,21 @@ here (``head_score="output"``) is the norm of what the head actually adds to the
 only one query head per KV group is kept, the Minitron score is worse than random, while the output score is far
 better than random and level with weight magnitude; elsewhere the two are close. Both are offered.
 
+Heads are removed in sets, and one head's score cannot say what removing several does: heads of a layer write
+into the same residual stream, and their outputs can cancel or add up. So the same pass also records, per layer,
+``head_gram`` [heads, heads] (``head_gram=True``, the default)::
+
+    head_gram[l, h, g] = mean over tokens t of  <o_h(t), o_g(t)> / ms(x_t)     o_h = W_O[:, head h] z_h
+
+with x_t the residual stream that ``post_attention_layernorm`` reads (ms = mean square, RMSNorm's divisor).
+Removing a set R of heads changes what that norm reads by sum_{h in R} o_h(t), so to first order the
+mean squared change of its output is sum_{h, g in R} head_gram[l, h, g]: the diagonal prices one head, the
+off-diagonal terms price removing heads together. Pruning then removes the set with the smallest joint error
+(:func:`helpers.pruning.select_heads_joint`) instead of the heads with the smallest scores. This is the
+layer-wise reconstruction error of OBS-style pruning (Hassibi & Stork 1993; Frantar & Alistarh 2023, SparseGPT,
+eq. 1) restricted to removing whole heads without updating the others. Measured on the embedded teacher in
+notebook 02, it is what lets activation importance beat weight magnitude when one query head per KV group is kept.
+
 Depth criteria live in ``layer_importance``; the magnitude and random baselines in ``importance_baselines``.
 """
 
@@ -52,7 +67,8 @@ HEAD_SCORES: tuple[str, ...] = ("output", "input")
 class Importance:
     """All scores of one model; higher = more important. Tensors are float32 on CPU.
 
-    ``heads`` [num_hidden_layers, num_attention_heads], ``neurons`` [num_hidden_layers, intermediate_size],
+    ``heads`` [num_hidden_layers, num_attention_heads] (``head_gram`` [layers, heads, heads]: the joint
+    removal error of sets of heads, or None), ``neurons`` [num_hidden_layers, intermediate_size],
     ``channels`` [hidden_size], ``layers`` criterion -> [num_hidden_layers] (``angular_n``: [L - n + 1],
     the distance of the block of n layers starting at each layer). ``sizes`` records the model's config
     sizes so pruning can refuse scores of another model.
@@ -64,6 +80,7 @@ class Importance:
     layers: dict[str, Tensor] = field(default_factory=dict)
     criterion: str = "activation"  # "activation" | "magnitude" | "random"
     head_score: str | None = None  # "output" | "input" (activation only; see HEAD_SCORES)
+    head_gram: Tensor | None = None  # [num_hidden_layers, heads, heads], see the module docstring
     seq_agg: str | None = None
     batch_agg: str | None = None
     n_samples: int = 0
@@ -74,12 +91,13 @@ class Importance:
     def describe(self) -> dict[str, Any]:
         """The metadata (no tensors): what a pruning recipe records about the scores it used."""
         keys = ("criterion", "head_score", "seq_agg", "batch_agg", "n_samples", "n_tokens", "sizes", "extra")
-        return {k: getattr(self, k) for k in keys} | {"layer_criteria": sorted(self.layers)}
+        return ({k: getattr(self, k) for k in keys} | {"layer_criteria": sorted(self.layers)}
+                | {"head_selection": "scores" if self.head_gram is None else "joint"})
 
     def merge(self, other: Importance) -> Importance:
         """A copy with ``other``'s layer scores added and its width scores filling our missing ones."""
         out = replace(self, layers={**self.layers, **other.layers}, extra={**self.extra, **other.extra})
-        for name in ("heads", "neurons", "channels"):
+        for name in ("heads", "head_gram", "neurons", "channels"):
             if getattr(out, name) is None:
                 setattr(out, name, getattr(other, name))
         return out
@@ -96,10 +114,10 @@ class Importance:
         """One safetensors file (tensors + JSON metadata), written to a temp file then renamed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: getattr(self, k) for k in ("heads", "neurons", "channels") if getattr(self, k) is not None}
+        tensors = {k: getattr(self, k) for k in ("heads", "head_gram", "neurons", "channels") if getattr(self, k) is not None}
         tensors |= {f"layers.{k}": v for k, v in self.layers.items()}
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-        meta = {k: v for k, v in self.describe().items() if k != "layer_criteria"}
+        meta = {k: v for k, v in self.describe().items() if k not in ("layer_criteria", "head_selection")}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             save_file(tensors, str(tmp), metadata={"workbook_importance": json.dumps(meta, default=str)})
@@ -114,8 +132,8 @@ class Importance:
             meta = json.loads((f.metadata() or {})["workbook_importance"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
-        return cls(heads=tensors.get("heads"), neurons=tensors.get("neurons"), channels=tensors.get("channels"),
-                   layers=layers, **meta)
+        return cls(heads=tensors.get("heads"), head_gram=tensors.get("head_gram"), neurons=tensors.get("neurons"),
+                   channels=tensors.get("channels"), layers=layers, **meta)
 
 
 def model_sizes(model_or_config: Any) -> dict[str, int]:
@@ -178,6 +196,33 @@ class _BatchStat:
 
 
 
+class _HeadGram:
+    """Streaming ``head_gram`` of one layer: S = sum_t z_t z_t^T / ms(x_t) [heads * head_dim, heads * head_dim]
+    (z = the o_proj input, x = the post-attention residual), folded with W_O^T W_O at the end. One
+    [tokens, heads * head_dim]^T @ [tokens, heads * head_dim] matmul per batch, the cost of o_proj itself;
+    no [tokens, heads, hidden] tensor."""
+
+    def __init__(self) -> None:
+        self.z: Tensor | None = None
+        self.s: Tensor | None = None
+        self.n = 0
+
+    def keep_input(self, z: Tensor) -> None:  # o_proj input [B, S, heads * head_dim]
+        self.z = z
+
+    def add(self, residual: Tensor, eps: float) -> None:  # post_attention_layernorm input [B, S, hidden]
+        inv_rms = torch.rsqrt(residual.float().square().mean(-1, keepdim=True) + eps)  # [B, S, 1]
+        zw = (self.z * inv_rms.to(self.z.dtype)).flatten(0, 1)  # [B * S, heads * head_dim], bf16 under autocast
+        s = (zw.T @ zw).float()  # accumulates in float32 inside the matmul; one rounding of each batch's sum
+        self.s = s if self.s is None else self.s.add_(s)
+        self.n, self.z = self.n + zw.shape[0], None
+
+    def result(self, o_proj: torch.nn.Linear, num_heads: int, head_dim: int) -> Tensor:
+        w = o_proj.weight.detach().float()  # [hidden, heads * head_dim]
+        blocks = ((w.T @ w) * self.s).view(num_heads, head_dim, num_heads, head_dim)
+        return blocks.sum((1, 3)) / self.n  # [heads, heads]
+
+
 def _as_ids(batch: Any, device: torch.device) -> Tensor:
     ids = batch["input_ids"] if isinstance(batch, dict) else batch
     if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.is_floating_point():
@@ -223,12 +268,14 @@ def estimate_importance(
     progress: bool = True,
     block_importance: bool = True,
     head_score: str = "output",
+    head_gram: bool = True,
 ) -> Importance:
     """Head, neuron and channel scores plus Block Importance (``layers["bi"]``) from one hooked pass.
 
     ``batches``: LongTensors [batch, seq] of packed token ids. Only the decoder stack runs (no LM head:
     the scores need no logits). ``head_score``: "output" (default) or "input" (Minitron), see
     :func:`head_norms`. ``block_importance=False`` skips BI (about a quarter of the hooks' cost).
+    ``head_gram=False`` skips the joint head statistic (module docstring); pruning then ranks heads one by one.
     The model is not modified; hooks are removed even on error.
     """
     _check_choice("seq_agg", seq_agg, AGGREGATIONS)
@@ -239,13 +286,19 @@ def estimate_importance(
     heads = [_BatchStat(batch_agg) for _ in decoder_layers]
     neurons = [_BatchStat(batch_agg) for _ in decoder_layers]
     norms = [_BatchStat(batch_agg) for _ in range(2 * len(decoder_layers) + 1)]
+    grams = [_HeadGram() for _ in decoder_layers] if head_gram else None
     probe = ResidualProbe(len(decoder_layers), angular_tokens=None)
 
-    def head_hook(stat: _BatchStat):
+    def head_hook(i: int):
         def hook(module, args):  # o_proj input [B, S, heads * head_dim]
             per_token = head_norms(args[0], module, n_heads, hd, head_score)
-            stat.add(_aggregate_sequence(per_token, seq_agg))  # [B, S, heads] -> [B, heads]
+            heads[i].add(_aggregate_sequence(per_token, seq_agg))  # [B, S, heads] -> [B, heads]
+            if grams:
+                grams[i].keep_input(args[0])
         return hook
+
+    def gram_hook(i: int, eps: float):
+        return lambda module, args: grams[i].add(args[0], eps)  # post_attention_layernorm input
 
     def input_hook(stat: _BatchStat):
         return lambda module, args: stat.add(_aggregate_sequence(args[0], seq_agg))  # down_proj input
@@ -255,7 +308,11 @@ def estimate_importance(
 
     handles = []
     for i, layer in enumerate(decoder_layers):
-        handles.append(arch.attention(layer).o_proj.register_forward_pre_hook(head_hook(heads[i])))
+        handles.append(arch.attention(layer).o_proj.register_forward_pre_hook(head_hook(i)))
+        if grams:
+            post_norm = arch.layer_norms(layer)[1]
+            eps = float(getattr(post_norm, "variance_epsilon", getattr(post_norm, "eps", 1e-6)))
+            handles.append(post_norm.register_forward_pre_hook(gram_hook(i, eps)))
         handles.append(arch.mlp(layer).down_proj.register_forward_pre_hook(input_hook(neurons[i])))
         for j, norm in enumerate(arch.layer_norms(layer)):
             handles.append(norm.register_forward_hook(output_hook(norms[2 * i + j])))
@@ -273,6 +330,8 @@ def estimate_importance(
         raise ValueError("No calibration batches were given.")
     return Importance(
         heads=torch.stack([s.result() for s in heads]).cpu(),
+        head_gram=torch.stack([g.result(arch.attention(layer).o_proj, n_heads, hd)
+                               for g, layer in zip(grams, decoder_layers)]).cpu() if grams else None,
         neurons=torch.stack([s.result() for s in neurons]).cpu(),
         channels=torch.stack([s.result() for s in norms]).sum(0).cpu(),
         layers={"bi": probe.block_importance()} if block_importance else {},

@@ -61,6 +61,27 @@ def plot_channels(imp: Importance, sort: bool = False, ax=None, fig=None, log: b
     return fig
 
 
+def plot_head_sets(gram: Tensor, errors: Mapping[str, Sequence[float]], layer: int, kv_groups: int):
+    """Why heads are removed as sets. Left: correlation of the heads' outputs in one layer, from its
+    ``head_gram`` [heads, heads] (white lines split the KV groups). Right: ``errors[name]`` [layers], the joint
+    removal error per layer of each way of choosing the heads (log scale)."""
+    fig, (left, right) = _figure(11.0, 3.8, ncols=2)
+    d = gram.diagonal().clamp_min(1e-30).sqrt()
+    corr = (gram / (d[:, None] * d[None])).float()
+    im = left.imshow(corr.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    per_group = gram.shape[0] // kv_groups
+    for g in range(1, kv_groups):
+        left.axhline(g * per_group - 0.5, color="white", lw=2)
+        left.axvline(g * per_group - 0.5, color="white", lw=2)
+    left.set(xlabel="head", ylabel="head", title=f"layer {layer}: correlation of head outputs")
+    fig.colorbar(im, ax=left, label="cosine of the mean product")
+    for name, values in errors.items():
+        right.plot(range(len(values)), values, marker="o", label=name)
+    right.set(xlabel="layer", ylabel="joint removal error", yscale="log", title="error of the heads each choice removes")
+    right.legend()
+    return fig
+
+
 def plot_layers(imp: Importance, criteria: Iterable[str] | None = None, normalize: bool = True, ax=None, fig=None):
     """One line per layer criterion (``angular_n`` plotted at each block's first layer); ``normalize``
     rescales each to [0, 1] so criteria on different scales share an axis."""

@@ -14,7 +14,9 @@ that consume it::
 
 head_dim never changes (RoPE rotates within a head) and is written explicitly into the config. With GQA
 (query head h reads KV head h // (heads / kv_heads)), query heads are pruned evenly inside each KV group,
-or whole groups go, ranked by their query heads' summed score.
+or whole groups go, ranked by their query heads' summed score. When the scores carry ``head_gram`` (activation
+importance does by default), heads are chosen as sets instead: the kept groups and heads are those whose removed
+complement has the smallest joint error (``select_heads_joint``).
 
 Depth removes decoder layers, renumbers ``self_attn.layer_idx`` (the KV cache is indexed by it) and
 fixes ``num_hidden_layers`` and per-layer config lists (``layer_types``, Qwen2's ``max_window_layers``).
@@ -26,6 +28,8 @@ Parameter counts and the candidate architectures for a parameter budget are in :
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from typing import Any, Iterable
 
 import torch
@@ -86,6 +90,47 @@ def select_heads(scores: Tensor, num_key_value_heads: int, num_heads: int, num_k
     groups = _top(grouped.sum(1), num_kv)
     queries = [g * per_group + _top(grouped[g], num_heads // num_kv) for g in groups.tolist()]
     return torch.cat(queries), groups
+
+
+EXHAUSTIVE_LIMIT = 4096  # subsets tried one by one up to this many; beyond, greedy backward elimination
+
+
+def removal_error(gram: Tensor, removed: list[int]) -> float:
+    """Joint error of removing the units ``removed``: the sum of ``gram``'s [removed, removed] block (gram [n, n],
+    e.g. one layer of ``Importance.head_gram``, whose module docstring derives it)."""
+    return float(gram[removed][:, removed].sum()) if removed else 0.0
+
+
+def _keep_subset(gram: Tensor, keep: int) -> list[int]:
+    """The ``keep`` units (of gram [n, n]) whose removed complement R has the smallest sum(gram[R, R]).
+
+    Every subset when there are at most EXHAUSTIVE_LIMIT of them, else greedy backward elimination: remove, one at
+    a time, the unit whose removal adds the least to the error of the units already removed."""
+    n = gram.shape[0]
+    units = list(range(n))
+    if math.comb(n, keep) <= EXHAUSTIVE_LIMIT:
+        best = min(itertools.combinations(units, keep),
+                   key=lambda kept: removal_error(gram, [u for u in units if u not in kept]))
+        return list(best)
+    removed: list[int] = []
+    while len(removed) < n - keep:
+        alive = [u for u in units if u not in removed]
+        removed.append(min(alive, key=lambda u: removal_error(gram, removed + [u])))
+    return [u for u in units if u not in removed]
+
+
+def select_heads_joint(gram: Tensor, num_key_value_heads: int, num_heads: int, num_kv: int) -> tuple[Tensor, Tensor]:
+    """GQA-aware choice of heads as sets, for one layer: ``gram`` [heads, heads] (``Importance.head_gram``) ->
+    (kept query heads [num_heads], kept KV heads [num_kv]), as :func:`select_heads` returns them.
+
+    KV groups: the kept ``num_kv`` groups minimise the joint error of all query heads in the removed groups
+    (group gram = the [per_group, per_group] blocks summed). Then inside each kept group, the kept
+    ``num_heads // num_kv`` query heads minimise the joint error of the group's removed heads."""
+    per_group = gram.shape[0] // num_key_value_heads
+    g = gram.double().view(num_key_value_heads, per_group, num_key_value_heads, per_group)
+    groups = _keep_subset(g.sum((1, 3)), num_kv)
+    queries = [grp * per_group + torch.tensor(_keep_subset(g[grp, :, grp, :], num_heads // num_kv)) for grp in groups]
+    return torch.cat(queries), torch.tensor(groups)
 
 
 def _rows(units: Tensor, size: int) -> Tensor:
@@ -154,7 +199,10 @@ def prune_width(
         attn, mlp = arch.attention(layer), arch.mlp(layer)
         q_rows = kv_rows = None
         if prune_heads:
-            q_heads, kv_heads = select_heads(importance.heads[l], KV, heads, kv)
+            if importance.head_gram is not None:
+                q_heads, kv_heads = select_heads_joint(importance.head_gram[l], KV, heads, kv)
+            else:
+                q_heads, kv_heads = select_heads(importance.heads[l], KV, heads, kv)
             q_rows, kv_rows = _rows(q_heads, hd), _rows(kv_heads, hd)
         neurons = _top(importance.neurons[l], inter) if inter != c.intermediate_size else None
         attn.q_proj = _linear(attn.q_proj, q_rows, channels)

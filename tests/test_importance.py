@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from helpers import architecture as arch
 from helpers.importance import Importance, estimate_importance
 from helpers.importance_baselines import magnitude_importance, random_importance
 from helpers.layer_importance import layer_importance
-from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_heads, plot_layers,
+from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_head_sets, plot_heads, plot_layers,
                                       plot_neurons, plot_rank_matrix)
 from helpers.importance_study import collect_statistics, compare, kendall, spearman, topk_overlap
 from helpers.pruning import prune_depth
@@ -74,6 +75,43 @@ def test_scores_match_hand_computation(tiny_model, tiny_batches, seq_agg, batch_
     assert (imp.n_samples, imp.n_tokens) == (6, 96)
 
 
+def _post_attention_residual(model, batches, layer: int) -> torch.Tensor:
+    """What post_attention_layernorm of ``layer`` reads, [N, S, hidden] over all batches."""
+    seen = []
+    norm = arch.layer_norms(arch.layers(model)[layer])[1]
+    handle = norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        for ids in batches:
+            model(ids)
+    handle.remove()
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize("removed", [[3], [0, 1], [1, 2, 5, 6], list(range(8))])
+def test_head_gram_is_the_joint_removal_error(tiny_model, tiny_batches, removed):
+    """sum(head_gram[l][R, R]) = mean over tokens of ||change of the post-attention residual||^2 / ms(residual)
+    when the heads R of layer l are removed (their o_proj columns zeroed): measured, not derived."""
+    model, layer = tiny_model("llama"), 1  # 8 heads of 8 dims in 4 KV groups
+    imp = estimate_importance(model, tiny_batches, autocast=False, progress=False)
+    x = _post_attention_residual(model, tiny_batches, layer)
+    ablated = copy.deepcopy(model)
+    with torch.no_grad():
+        for h in removed:
+            arch.attention(arch.layers(ablated)[layer]).o_proj.weight[:, h * 8:(h + 1) * 8] = 0.0
+    change = x - _post_attention_residual(ablated, tiny_batches, layer)
+    eps = arch.layer_norms(arch.layers(model)[layer])[1].variance_epsilon
+    measured = (change.square().sum(-1) / (x.square().mean(-1) + eps)).mean()
+    gram = imp.head_gram[layer]
+    torch.testing.assert_close(gram[removed][:, removed].sum(), measured, rtol=1e-4, atol=1e-7)
+    assert imp.head_gram.shape == (model.config.num_hidden_layers, 8, 8)
+    torch.testing.assert_close(gram, gram.T)
+
+
+def test_head_gram_can_be_skipped(tiny_model, tiny_batches):
+    imp = estimate_importance(tiny_model(), tiny_batches, autocast=False, progress=False, head_gram=False)
+    assert imp.head_gram is None and imp.describe()["head_selection"] == "scores"
+
+
 @pytest.mark.parametrize("batch_agg", ["mean", "l2", "var"])
 def test_streaming_over_batches_equals_one_big_batch(tiny_model, tiny_batches, batch_agg):
     model = tiny_model("qwen2")
@@ -81,7 +119,7 @@ def test_streaming_over_batches_equals_one_big_batch(tiny_model, tiny_batches, b
     b = estimate_importance(model, [torch.cat(tiny_batches)], batch_agg=batch_agg, autocast=False, progress=False,
                             block_importance=False)
     assert b.layers == {} and "bi" in a.layers
-    for name in ("heads", "neurons", "channels"):
+    for name in ("heads", "head_gram", "neurons", "channels"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-6)
 
 
@@ -172,7 +210,7 @@ def test_save_load_roundtrip(tiny_model, tiny_batches, tmp_path):
     back = Importance.load(path)
     assert [p.name for p in path.parent.iterdir()] == ["scores.safetensors"]  # no temp file left
     assert back.describe() == imp.describe()
-    for name in ("heads", "neurons", "channels"):
+    for name in ("heads", "head_gram", "neurons", "channels"):
         assert torch.equal(getattr(back, name), getattr(imp, name))
     assert back.layers.keys() == imp.layers.keys() and back.extra["base_loss"] == imp.extra["base_loss"]
 
@@ -187,7 +225,8 @@ def test_plots_return_figures(tiny_model, tiny_batches):
              "heads": {"activation": {0.6: 12.0}}}
     for fig in (plot_heads(imp), plot_neurons(imp), plot_channels(imp, sort=True, log=True), plot_layers(imp),
                 plot_rank_matrix(torch.eye(3), ["a", "b", "c"], "agreement"),
-                plot_criteria_sweep(sweep, reference=8.0), plot_curves({"x": {1: 2.0, 2: 3.0}}, "n", "ppl", "t")):
+                plot_criteria_sweep(sweep, reference=8.0), plot_curves({"x": {1: 2.0, 2: 3.0}}, "n", "ppl", "t"),
+                plot_head_sets(imp.head_gram[0], {"one by one": [2.0, 3.0], "joint": [1.0, 2.0]}, layer=0, kv_groups=4)):
         assert isinstance(fig, Figure) and fig.axes
     assert len(plot_criteria_sweep(sweep).axes) == 2
     assert len(plot_criteria_sweep({**sweep, "a": sweep["mlp"], "b": sweep["mlp"]}).axes) == 4  # a 2 x 2 grid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from helpers.importance import Importance, estimate_importance
 from helpers.importance_baselines import random_importance
 from helpers.layer_importance import layer_importance
 from helpers.models import load_recipe, save_model
-from helpers.pruning import prune_depth, prune_width, pruning_recipe, select_heads
+from helpers.pruning import prune_depth, prune_width, pruning_recipe, select_heads, select_heads_joint
 from tests.test_models import tiny_tokenizer
 
 _deepcopy = copy.deepcopy
@@ -137,6 +138,66 @@ def test_select_heads_is_group_aware():
     assert kv.tolist() == [1, 3] and q.tolist() == [2, 3, 6, 7]
     q, kv = select_heads(scores, 4, 4, 4)
     assert kv.tolist() == [0, 1, 2, 3] and q.tolist() == [0, 3, 4, 7]
+
+
+def _brute_force_heads(gram, n_kv_heads, num_heads, num_kv):
+    """Best groups by whole-group error, then the best query heads inside each kept group, by enumeration."""
+    per = gram.shape[0] // n_kv_heads
+    err = lambda units: float(gram[units][:, units].sum())  # noqa: E731
+    heads_of = lambda groups: [h for g in groups for h in range(g * per, (g + 1) * per)]  # noqa: E731
+    groups = min(itertools.combinations(range(n_kv_heads), num_kv),
+                 key=lambda kept: err(heads_of(g for g in range(n_kv_heads) if g not in kept)))
+    queries = []
+    for g in groups:
+        members = list(range(g * per, (g + 1) * per))
+        queries += min(itertools.combinations(members, num_heads // num_kv),
+                       key=lambda kept: err([h for h in members if h not in kept]))
+    return queries, list(groups)
+
+
+@pytest.mark.parametrize("num_heads,num_kv", [(8, 4), (4, 4), (4, 2), (2, 2), (6, 2), (3, 1)])
+def test_select_heads_joint_matches_brute_force(num_heads, num_kv):
+    n_kv_heads = 4 if num_heads % 3 else 3  # 12 heads: 4 groups of 3 or 3 groups of 4
+    a = torch.randn(12, 20, generator=torch.Generator().manual_seed(num_heads * 10 + num_kv))
+    gram = a @ a.T  # a valid Gram matrix [12, 12]
+    q, kv = select_heads_joint(gram, n_kv_heads, num_heads, num_kv)
+    want_q, want_kv = _brute_force_heads(gram, n_kv_heads, num_heads, num_kv)
+    assert (q.tolist(), kv.tolist()) == (want_q, want_kv)
+
+
+def test_select_heads_joint_keeps_a_weak_head_over_two_that_cancel():
+    """Heads 0 and 1 write opposite outputs: each alone looks important (diagonal 4), together they write nothing.
+    Keeping one head of the group, per-head scores keep head 0; the joint error keeps head 2 and loses nothing."""
+    o = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 0.1]])  # per-head outputs [3 heads, 2 dims]
+    gram = o @ o.T
+    assert select_heads(gram.diagonal().sqrt(), 1, 1, 1)[0].tolist() == [0]
+    assert select_heads_joint(gram, 1, 1, 1)[0].tolist() == [2]
+
+
+def test_select_heads_joint_greedy_beyond_the_exhaustive_limit(monkeypatch):
+    a = torch.randn(12, 20, generator=torch.Generator().manual_seed(3))
+    gram = a @ a.T
+    exhaustive = select_heads_joint(gram, 4, 8, 4)  # drop one head per group: greedy is exact there
+    monkeypatch.setattr(pruning, "EXHAUSTIVE_LIMIT", 0)
+    greedy = select_heads_joint(gram, 4, 8, 4)
+    assert [t.tolist() for t in greedy] == [t.tolist() for t in exhaustive]
+    q, kv = select_heads_joint(gram, 4, 2, 2)
+    assert len(q) == 2 and len(kv) == 2 and all(int(h) // 3 in kv.tolist() for h in q)
+
+
+def test_activation_pruning_removes_heads_that_write_nothing(tiny_model, tiny_batches):
+    """Zero some heads' o_proj columns: activation importance (joint selection) must remove exactly those,
+    so the pruned model's logits equal the zeroed model's."""
+    model = tiny_model("llama")  # 8 heads in 4 KV groups of 2
+    drop = [0, 3, 5, 6]  # one head in every group
+    with torch.no_grad():
+        for layer in arch.layers(model):
+            for h in drop:
+                arch.attention(layer).o_proj.weight[:, h * 8:(h + 1) * 8] = 0.0
+    imp = estimate_importance(model, tiny_batches, autocast=False, progress=False)
+    pruned = prune_width(model, imp, num_attention_heads=4)
+    assert pruned.workbook_steps[-1]["importance"]["head_selection"] == "joint"
+    torch.testing.assert_close(logits(pruned), logits(model), rtol=0, atol=1e-5)
 
 
 def test_depth_pruned_model_generates_with_kv_cache(tiny_model):
