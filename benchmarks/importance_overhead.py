@@ -9,6 +9,10 @@ each they are timed ``--repeats`` times in alternating order. Two ratios are pri
   forward FLOPs);
 - importance pass / decoder-only forward (the same modules, no hooks): the cost of the hooks alone.
 
+A fourth run, the importance pass without ``head_gram`` (the joint head statistic), shows what that statistic costs.
+``--block-importance`` adds the depth criterion BI to the pass (``estimate_importance(block_importance=True)``);
+by default the pass computes what the notebooks ask of it, the width scores.
+
 Both are given for the best (minimum) time of the repeats, the most robust statistic when other jobs share
 the cores, and for the median; wall time and this process's CPU time. ``--threads 1`` is cleanest on a busy
 machine. The default size runs in well under a minute on 2 CPU cores.
@@ -77,6 +81,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data", choices=("random", "heldout"), default="random")
     p.add_argument("--no-autocast", action="store_true", help="fp32 everywhere (default: bf16 autocast if fast)")
+    p.add_argument("--block-importance", action="store_true", help="also compute Block Importance in the pass")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
@@ -89,7 +94,10 @@ def main() -> None:
     runs = {
         "forward": lambda: plain_forward(model, batches, autocast, decoder_only=False),
         "decoder-only forward": lambda: plain_forward(model, batches, autocast, decoder_only=True),
-        "importance pass": lambda: estimate_importance(model, batches, autocast=autocast, progress=False),
+        "importance pass": lambda: estimate_importance(model, batches, autocast=autocast, progress=False,
+                                                       block_importance=args.block_importance),
+        "importance, no head_gram": lambda: estimate_importance(model, batches, autocast=autocast, progress=False,
+                                                                block_importance=args.block_importance, head_gram=False),
     }
     for fn in runs.values():  # warm-up: allocator, kernels, lazy init
         fn()
@@ -100,7 +108,8 @@ def main() -> None:
             times[name].append(timed(runs[name], device))
 
     tokens = args.batches * args.batch_size * args.seq
-    print(f"model={args.model} device={device} autocast={autocast} threads={torch.get_num_threads()} "
+    print(f"model={args.model} device={device} autocast={autocast} block_importance={args.block_importance} "
+          f"threads={torch.get_num_threads()} "
           f"batches={args.batches}x[{args.batch_size}, {args.seq}] ({tokens} tokens) repeats={args.repeats}")
     summary = []
     for k, clock in enumerate(("wall", "CPU")):
@@ -110,11 +119,13 @@ def main() -> None:
         for stat_name, stat in (("best", min), ("median", statistics.median)):
             t = {name: stat(x[k] for x in ts) for name, ts in times.items()}
             summary.append((f"{clock} {stat_name}", t["importance pass"] / t["forward"],
-                            t["importance pass"] / t["decoder-only forward"], tokens / t["importance pass"]))
+                            t["importance pass"] / t["decoder-only forward"], tokens / t["importance pass"],
+                            t["importance, no head_gram"] / t["forward"]))
     print("\nratios                importance/forward (target <= 1.15)   importance/decoder-only (hooks alone)"
-          "   importance tokens/s")
-    for name, full, dec, tps in summary:
-        print(f"  {name:<20} {full:>12.3f}                          {dec:>12.3f}                           {tps:8.0f}")
+          "   importance tokens/s   without head_gram/forward")
+    for name, full, dec, tps, no_gram in summary:
+        print(f"  {name:<20} {full:>12.3f}                          {dec:>12.3f}                           {tps:8.0f}"
+              f"   {no_gram:>12.3f}")
 
 
 if __name__ == "__main__":

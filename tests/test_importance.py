@@ -51,7 +51,8 @@ def _capture(model, batches):
 def test_scores_match_hand_computation(tiny_model, tiny_batches, seq_agg, batch_agg):
     model = tiny_model("llama")
     c = model.config
-    imp = estimate_importance(model, tiny_batches, seq_agg, batch_agg, autocast=False, progress=False)
+    imp = estimate_importance(model, tiny_batches, seq_agg, batch_agg, autocast=False, progress=False,
+                              block_importance=True)
     t = _capture(model, tiny_batches)
     agg = lambda x: BATCH[batch_agg](SEQ[seq_agg](x))  # noqa: E731
     L = c.num_hidden_layers
@@ -115,9 +116,9 @@ def test_head_gram_can_be_skipped(tiny_model, tiny_batches):
 @pytest.mark.parametrize("batch_agg", ["mean", "l2", "var"])
 def test_streaming_over_batches_equals_one_big_batch(tiny_model, tiny_batches, batch_agg):
     model = tiny_model("qwen2")
-    a = estimate_importance(model, tiny_batches, batch_agg=batch_agg, autocast=False, progress=False)
-    b = estimate_importance(model, [torch.cat(tiny_batches)], batch_agg=batch_agg, autocast=False, progress=False,
-                            block_importance=False)
+    a = estimate_importance(model, tiny_batches, batch_agg=batch_agg, autocast=False, progress=False,
+                            block_importance=True)
+    b = estimate_importance(model, [torch.cat(tiny_batches)], batch_agg=batch_agg, autocast=False, progress=False)
     assert b.layers == {} and "bi" in a.layers
     for name in ("heads", "head_gram", "neurons", "channels"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-6)
@@ -168,8 +169,8 @@ def test_layer_importance_matches_hand_computation(tiny_model, tiny_batches):
     start = imp.best_block(2)[0]
     assert step["dropped_layers"] == [start, start + 1] and step["contiguous"]
     # BI agrees with the width pass; the model is untouched (weights, no leftover hooks or overrides)
-    torch.testing.assert_close(imp.layers["bi"], estimate_importance(model, tiny_batches, autocast=False,
-                                                                    progress=False).layers["bi"])
+    torch.testing.assert_close(imp.layers["bi"], estimate_importance(model, tiny_batches, autocast=False, progress=False,
+                                                                    block_importance=True).layers["bi"])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert not any("forward" in layer.__dict__ for layer in arch.layers(model))
