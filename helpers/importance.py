@@ -276,7 +276,8 @@ def estimate_importance(
     ``batches``: LongTensors [batch, seq] of packed token ids. Only the decoder stack runs (no LM head:
     the scores need no logits). ``head_score``: "output" (default) or "input" (Minitron), see
     :func:`head_norms`. ``block_importance=True`` adds the depth criterion Block Importance (``layers["bi"]``,
-    the same as ``layer_importance(criteria=["bi"])``) to this pass, for about 7% of a forward pass more.
+    the same as ``layer_importance(criteria=["bi"])``) to this pass; its hooks' cost is measured by
+    ``benchmarks/importance_overhead.py --block-importance``.
     ``head_gram=False`` skips the joint head statistic (module docstring); pruning then ranks heads one by one.
     The model is not modified; hooks are removed even on error.
     """
