@@ -35,7 +35,7 @@ run: setup
 	    "$$nb" "runs/$(SCALE)/notebooks/$$(basename $$nb)" || exit 1; \
 	  echo "$$(basename $$nb) $$(( $$(date +%s) - start ))" >> runs/$(SCALE)/notebooks/durations.txt; \
 	done
-	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers.report
+	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers report
 
 test: setup unit notebooks-test
 
@@ -49,14 +49,14 @@ lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
 corpus: setup
-	$(PY) -m helpers.corpus --workers 2
+	$(PY) -m helpers corpus --workers 2
 
 bench: setup
 	$(PY) benchmarks/importance_overhead.py
 	$(PY) benchmarks/distill_step.py
 
 report: setup
-	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers.report
+	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers report
 
 clean:
 	rm -rf runs/smoke

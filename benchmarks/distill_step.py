@@ -31,9 +31,10 @@ import torch
 from transformers import TrainerCallback
 
 from helpers import architecture
-from helpers.distill import DistillConfig, _teacher_for_training, distill
+from helpers.distill import DistillConfig, distill
+from helpers.distill.run import _teacher_for_training  # the benchmark times the engine's own teacher copy
 from helpers.hardware import best_device, fast_dtype
-from helpers.losses import forward_kl
+from helpers.distill.losses import forward_kl
 from helpers.models import load_model
 
 

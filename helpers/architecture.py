@@ -16,10 +16,17 @@ family means adding it here.
 
 from __future__ import annotations
 
+import copy
+import numbers
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = ["SUPPORTED_FAMILIES", "UnsupportedArchitectureError", "check_supported", "base", "layers", "embed_tokens",
+           "final_norm", "lm_head", "attention", "mlp", "layer_norms", "head_dim", "is_tied", "model_sizes",
+           "check_config", "as_int", "check_token_ids"]
 
 SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2")
 
@@ -29,12 +36,16 @@ class UnsupportedArchitectureError(ValueError):
 
 
 def check_supported(model_or_config: PreTrainedModel | PretrainedConfig | Any) -> str:
-    """Return the ``model_type`` if supported, else raise naming the supported families."""
+    """Return the ``model_type`` if supported, else raise naming the supported families.
+
+    Every public entry point that reads a model's modules or config sizes calls this first, so an unsupported
+    family always fails with this error, never with an ``AttributeError`` deep inside."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_FAMILIES:
+        what = type(model_or_config).__name__
         raise UnsupportedArchitectureError(
-            f"Architecture {model_type!r} is not supported. Supported Llama-style families: "
+            f"Architecture {model_type!r} ({what}) is not supported. Supported Llama-style families: "
             f"{', '.join(SUPPORTED_FAMILIES)}."
         )
     return model_type
@@ -86,3 +97,55 @@ def head_dim(config: PretrainedConfig) -> int:
 def is_tied(model: PreTrainedModel) -> bool:
     """True when ``lm_head.weight`` is the same tensor as ``embed_tokens.weight``."""
     return lm_head(model).weight is embed_tokens(model).weight
+
+
+def model_sizes(model_or_config: PreTrainedModel | PretrainedConfig | Any) -> dict[str, int]:
+    """The config sizes that importance scores, budgets and pruning are tied to (supported families only)."""
+    check_supported(model_or_config)
+    c = getattr(model_or_config, "config", model_or_config)
+    return {"num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+            "num_key_value_heads": c.num_key_value_heads, "head_dim": head_dim(c),
+            "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size}
+
+
+def check_config(config: PretrainedConfig, **updates: Any) -> PretrainedConfig:
+    """A validated copy of ``config`` with ``updates``; transformers' own checks name what is wrong
+    (e.g. Llama requires hidden_size to be a multiple of num_attention_heads)."""
+    new = copy.deepcopy(config)
+    for key, value in updates.items():
+        setattr(new, key, value)
+    try:
+        if hasattr(new, "validate"):
+            new.validate()
+    except Exception as err:  # strict-dataclass errors wrap the real ValueError
+        raise ValueError(f"The pruned {config.model_type} config would be invalid ({updates}): {err}") from err
+    return new
+
+
+def as_int(name: str, value: Any) -> int:
+    """``value`` as a Python int when it is an integer of any kind (int, numpy integer, 0-d integer tensor);
+    ``TypeError`` naming ``name`` for floats, bools and everything else (a size of 3.0 or True is a mistake)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        return int(value.item())
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    raise TypeError(f"{name}={value!r} ({type(value).__name__}) must be an integer (int, numpy or 0-d torch "
+                    "integer); floats and bools are not sizes or indices.")
+
+
+
+def check_token_ids(model: PreTrainedModel, ids: torch.Tensor, name: str = "input_ids") -> None:
+    """Raise ``ValueError`` naming ``name`` when ``ids`` is not an integer tensor of ids in ``[0, vocab)`` of the
+    model's input embedding (an out-of-range id would otherwise fail deep inside as an embedding IndexError)."""
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+        got = f"a {ids.dtype} tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise TypeError(f"{name} must be an integer (LongTensor) tensor of token ids, got {got}.")
+    if not ids.numel():
+        return
+    vocab = model.get_input_embeddings().num_embeddings
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds token id {bad}, outside the model's vocabulary [0, {vocab}): the ids come from "
+                         "another tokenizer or are corrupt. Tokenize with this model's tokenizer.")

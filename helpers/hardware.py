@@ -1,6 +1,6 @@
 """Where to compute and in which precision: device choice and CPU bf16 detection.
 
-DESIGN.md section 3: on CPUs with AVX512-BF16 (or AMX), ``torch.autocast("cpu", torch.bfloat16)`` makes
+On CPUs with AVX512-BF16 (or AMX), ``torch.autocast("cpu", torch.bfloat16)`` makes
 forward passes ~2x faster; elsewhere we fall back to fp32. Master weights and losses stay fp32.
 """
 

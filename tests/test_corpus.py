@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from helpers import corpus, data
+from helpers import data
+from helpers.data import corpus
 from tests.test_models import tiny_tokenizer
 
 
@@ -37,7 +38,7 @@ def test_finalize_dedupes_and_filters(tmp_path):
     summary = corpus.finalize(shards, tmp_path, tok, corpus.CorpusConfig())
     assert summary["dropped"] == {"duplicate": 1, "too_short": 1}
     assert summary["sizes"]["train"]["records"] == 1 and summary["sizes"]["heldout"]["records"] == 1
-    kept = list(corpus.iter_records(tmp_path / "train.jsonl.gz"))
+    kept = list(data.read_jsonl(tmp_path / "train.jsonl.gz"))
     assert kept[0]["id"] == 0 and kept[0]["prompt"] == "p"
 
 

@@ -56,13 +56,13 @@ def test_bad_sources_get_clear_errors(tmp_path, monkeypatch):
         data.load_texts("no-such-dataset-anywhere-xyz")
 
 
-def test_calibration_batches_are_seeded_and_capped():
+def test_sample_batches_are_seeded_and_capped():
     blocks = torch.arange(40).view(20, 2)
-    a = data.calibration_batches(blocks, n_samples=10, batch_size=4, seed=1)
-    b = data.calibration_batches(blocks, n_samples=10, batch_size=4, seed=1)
+    a = data.sample_batches(blocks, n_samples=10, batch_size=4, seed=1)
+    b = data.sample_batches(blocks, n_samples=10, batch_size=4, seed=1)
     assert [x.shape[0] for x in a] == [4, 4, 2]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert sum(len(x) for x in data.calibration_batches(blocks, n_samples=1024)) == 20
+    assert sum(len(x) for x in data.sample_batches(blocks, n_samples=1024)) == 20
     assert len({tuple(r.tolist()) for x in a for r in x}) == 10  # no row twice
 
 
@@ -76,7 +76,7 @@ def test_chat_examples_mask_the_prompt(tok):
 def test_chat_blocks_pack_prompted_responses(tok, monkeypatch):
     pairs = [data.ChatPair(prompt=words(3, 10 * i), response=words(5 + i, 50 + i), topic="t", style="qa")
              for i in range(4)]
-    monkeypatch.setattr(data, "chat_pairs", lambda split="train": pairs)
+    monkeypatch.setattr(data.chat, "chat_pairs", lambda split="train": pairs)
     examples = data.chat_examples(pairs, tok, max_length=None)
     stream_ids = torch.cat([e["input_ids"] for e in examples])
     stream_labels = torch.cat([e["labels"] for e in examples])

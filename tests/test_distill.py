@@ -1,4 +1,4 @@
-"""The distillation trainer (helpers/distill*.py) on tiny random Llama models: learning, exact resume,
+"""The distillation trainer (helpers/distill/) on tiny random Llama models: learning, exact resume,
 determinism, reloadable checkpoints, refusal of bad configs, NaN handling."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from helpers import distill as D
-from helpers.distill_diagnostics import hidden_similarity, match_hidden_channels, teacher_agreement
-from helpers.distill_trainer import PROJECTIONS_FILE, DistillTrainer
+from helpers.distill import PROJECTIONS_FILE, DistillTrainer, hidden_similarity, match_hidden_channels, teacher_agreement
 from helpers.hardware import cpu_has_fast_bf16
-from helpers import losses as L
-from helpers.losses import forward_kl
+from helpers.distill import losses as L
+from helpers.distill.losses import forward_kl
 from helpers.models import load_recipe
 
 
@@ -326,3 +325,19 @@ def test_nan_loss_stops_with_the_step(student, teacher, blocks):
         broken.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="step 1"):
         D.distill(student, broken, blocks, config())
+
+
+def test_trainer_private_hooks_still_exist():
+    """DistillTrainer overrides Trainer._save and _load_from_checkpoint (no public hook saves a module with tied
+    weights as a stock checkpoint). If a transformers upgrade renames them or changes their arguments, this fails
+    first; test_resume_from_checkpoint_is_exact checks that they are still called."""
+    import inspect
+
+    from transformers import Trainer
+
+    assert list(inspect.signature(Trainer._save).parameters) == ["self", "output_dir", "state_dict"]
+    assert list(inspect.signature(Trainer._load_from_checkpoint).parameters) == ["self", "resume_from_checkpoint",
+                                                                                 "model"]
+    assert "self._save(" in inspect.getsource(Trainer.save_model)
+    assert "self._load_from_checkpoint(" in inspect.getsource(Trainer.train) + inspect.getsource(
+        Trainer._inner_training_loop)

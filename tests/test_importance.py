@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from helpers import architecture as arch
-from helpers.importance import Importance, estimate_importance
-from helpers.importance_baselines import magnitude_importance, random_importance
-from helpers.layer_importance import layer_importance
-from helpers.importance_plots import (plot_channels, plot_criteria_sweep, plot_curves, plot_head_sets, plot_heads, plot_layers,
+from helpers.importance import Importance, estimate_importance, magnitude_importance, random_importance
+from helpers.importance import layer_importance
+from helpers.workbook import plot_curves
+from helpers.importance import (plot_channels, plot_criteria_sweep, plot_head_sets, plot_heads, plot_layers,
                                       plot_neurons, plot_rank_matrix)
-from helpers.importance_study import collect_statistics, compare, kendall, spearman, topk_overlap
+from helpers.importance import collect_statistics, compare, kendall, spearman, topk_overlap
 from helpers.pruning import prune_depth
 
 SEQ = {"mean": lambda x: x.abs().mean(1), "l2": lambda x: x.pow(2).sum(1).sqrt(),
@@ -110,7 +110,7 @@ def test_head_gram_is_the_joint_removal_error(tiny_model, tiny_batches, removed)
 
 def test_head_gram_can_be_skipped(tiny_model, tiny_batches):
     imp = estimate_importance(tiny_model(), tiny_batches, autocast=False, progress=False, head_gram=False)
-    assert imp.head_gram is None and imp.describe()["head_selection"] == "scores"
+    assert imp.head_gram is None and imp.metadata()["head_selection"] == "scores"
 
 
 @pytest.mark.parametrize("batch_agg", ["mean", "l2", "var"])
@@ -210,7 +210,7 @@ def test_save_load_roundtrip(tiny_model, tiny_batches, tmp_path):
     path = imp.save(tmp_path / "sub" / "scores.safetensors")
     back = Importance.load(path)
     assert [p.name for p in path.parent.iterdir()] == ["scores.safetensors"]  # no temp file left
-    assert back.describe() == imp.describe()
+    assert back.metadata() == imp.metadata()
     for name in ("heads", "head_gram", "neurons", "channels"):
         assert torch.equal(getattr(back, name), getattr(imp, name))
     assert back.layers.keys() == imp.layers.keys() and back.extra["base_loss"] == imp.extra["base_loss"]
@@ -234,7 +234,7 @@ def test_plots_return_figures(tiny_model, tiny_batches):
 
 
 # ----------------------------------------------------------------------------------------------------
-# One pass, every aggregation and calibration subset (helpers.importance_study)
+# One pass, every aggregation and calibration subset (helpers.importance.study)
 
 
 @pytest.mark.parametrize("chunk_size", [2, 3])

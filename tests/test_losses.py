@@ -1,4 +1,4 @@
-"""Mathematical properties of the distillation losses (helpers/losses.py), on small random tensors."""
+"""Mathematical properties of the distillation losses (helpers/distill/losses/), on small random tensors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import hidden_losses as HL
-from helpers import logit_chunks
-from helpers import losses as L
+from helpers.distill import losses as HL
+from helpers.distill import losses as L
+from helpers.distill.losses import _chunks as logit_chunks
 
 
 

@@ -1,4 +1,4 @@
-"""Loading, the architecture adapter, describe(), saving with a recipe, and the cache's integrity checks."""
+"""Loading, the architecture adapter, model_summary(), saving with a recipe, and the cache's integrity checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreT
 from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
 
 from helpers import architecture as arch
-from helpers import describe as D
+from helpers import evaluate as D
 from helpers import models
+from helpers.io import sha256_file
 
 
 def tiny_tokenizer(vocab_size: int = 128) -> PreTrainedTokenizerFast:
@@ -29,7 +30,7 @@ def test_adapter_and_describe_count_every_parameter(tiny_model, family):
     model = tiny_model(family)
     assert arch.check_supported(model) == family
     assert len(arch.layers(model)) == 4
-    info = D.describe(model)
+    info = D.model_summary(model)
     assert info["params_total"] == sum(p.numel() for p in model.parameters())
     assert info["params_embedding"] == 128 * 64  # tied: counted once
     assert info["head_dim"] == 8 and info["tied_embeddings"]
@@ -38,7 +39,7 @@ def test_adapter_and_describe_count_every_parameter(tiny_model, family):
 
 def test_describe_untied_counts_lm_head(tiny_model):
     model = tiny_model(tie_word_embeddings=False)
-    info = D.describe(model)
+    info = D.model_summary(model)
     assert not info["tied_embeddings"]
     assert info["params_embedding"] == 2 * 128 * 64
     assert D.plot_parameters(model) is not None
@@ -47,7 +48,7 @@ def test_describe_untied_counts_lm_head(tiny_model):
 def test_unsupported_architecture_names_supported_families():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(arch.UnsupportedArchitectureError, match="llama, mistral, qwen2"):
-        D.describe(gpt2)
+        D.model_summary(gpt2)
 
 
 def test_unknown_model_name_lists_aliases_and_mentions_internet():
@@ -101,6 +102,11 @@ def test_failed_save_leaves_nothing_behind(tiny_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def _manifest_of_every_file(folder):
+    files = {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file() and p.name != models.MANIFEST_FILE}
+    (folder / models.MANIFEST_FILE).write_text(json.dumps({"sha256": files}))
+
+
 def test_corrupt_cache_is_detected(tiny_model, tmp_path, monkeypatch):
     """A cache whose weights do not match the manifest is rebuilt, not trusted."""
     monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path))
@@ -108,8 +114,9 @@ def test_corrupt_cache_is_detected(tiny_model, tmp_path, monkeypatch):
     model, tok = tiny_model(), tiny_tokenizer()
     models.save_model(model, tok, folder, {})
     weights = folder / "model.safetensors"
-    digest = models._sha256(weights)
-    (folder / models.MANIFEST_FILE).write_text(json.dumps({"sha256": {"model.safetensors": digest}}))
+    (folder / models.MANIFEST_FILE).write_text(json.dumps({"sha256": {"model.safetensors": sha256_file(weights)}}))
+    assert not models._cache_is_valid(folder), "a manifest that covers only the weights is not trusted"
+    _manifest_of_every_file(folder)
     assert models._cache_is_valid(folder)
     with open(weights, "r+b") as f:  # flip a byte in the middle: a corrupt/partial copy
         f.seek(weights.stat().st_size // 2)
@@ -124,5 +131,19 @@ def test_corrupt_cache_is_detected(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_load_gguf", lambda alias: calls.append(alias) or (model, tok))
     rebuilt = models.cached_teacher_folder()
     assert calls == [models.DEFAULT_TEACHER] and models._cache_is_valid(rebuilt)
+    listed = set(json.loads((rebuilt / models.MANIFEST_FILE).read_text())["sha256"])
+    assert listed == {p.name for p in rebuilt.iterdir()} - {models.MANIFEST_FILE}
+    assert {"config.json", "tokenizer_config.json", "model.safetensors"} <= listed
+    calls.clear()
+    for name in ("config.json", "tokenizer_config.json"):  # not only the weights: every file is covered
+        path = rebuilt / name
+        original = path.read_text()
+        path.write_text(original.replace("}", ', "edited": 1}', 1))
+        assert not models._cache_is_valid(rebuilt), f"an edited {name} must invalidate the cache"
+        path.write_text(original)
+    (rebuilt / "stray.txt").write_text("x")
+    assert not models._cache_is_valid(rebuilt), "a file the manifest does not list must invalidate the cache"
+    (rebuilt / "stray.txt").unlink()
+    assert models._cache_is_valid(rebuilt)
     models.cached_teacher_folder()
-    assert calls == [models.DEFAULT_TEACHER], "a valid cache is not rebuilt"
+    assert calls == [], "a valid cache is not rebuilt"

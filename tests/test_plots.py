@@ -8,7 +8,8 @@ matplotlib.use("Agg")
 
 import torch  # noqa: E402
 
-from helpers import plots  # noqa: E402
+from helpers import distill as plots  # noqa: E402
+from helpers.workbook import plot_bars  # noqa: E402
 
 HISTORIES = {
     "ce": [{"step": 1, "tokens_seen": 100, "loss": 3.0, "ce": 3.0}, {"step": 2, "tokens_seen": 200, "loss": 2.5,
@@ -23,7 +24,7 @@ def test_curves_and_bars():
     assert len(fig.axes) == 3 and len(fig.axes[1].lines) == 1  # only the KD run has "kd"
     fig = plots.plot_ppl_vs_tokens(HISTORIES, references={"teacher": 8.0, "pruned": 900.0})
     assert len(fig.axes[0].lines) == 2 + 2
-    fig = plots.plot_ppl_bars({"pruned": 900.0, "kd": 30.0}, references={"teacher": 8.0})
+    fig = plot_bars({"pruned": 900.0, "kd": 30.0}, references={"teacher": 8.0})
     assert len(fig.axes[0].patches) == 2
 
 

@@ -11,10 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from helpers import architecture as arch
 from helpers import pruning
-from helpers.budget import candidate_architectures, count_parameters
-from helpers.importance import Importance, estimate_importance
-from helpers.importance_baselines import random_importance
-from helpers.layer_importance import layer_importance
+from helpers.importance import Importance, estimate_importance, layer_importance, random_importance
+from helpers.pruning import candidate_architectures, count_parameters
 from helpers.models import load_recipe, save_model
 from helpers.pruning import prune_depth, prune_width, pruning_recipe, select_heads, select_heads_joint
 from tests.test_models import tiny_tokenizer
@@ -178,7 +176,7 @@ def test_select_heads_joint_greedy_beyond_the_exhaustive_limit(monkeypatch):
     a = torch.randn(12, 20, generator=torch.Generator().manual_seed(3))
     gram = a @ a.T
     exhaustive = select_heads_joint(gram, 4, 8, 4)  # drop one head per group: greedy is exact there
-    monkeypatch.setattr(pruning, "EXHAUSTIVE_LIMIT", 0)
+    monkeypatch.setattr(pruning.heads, "EXHAUSTIVE_LIMIT", 0)
     greedy = select_heads_joint(gram, 4, 8, 4)
     assert [t.tolist() for t in greedy] == [t.tolist() for t in exhaustive]
     q, kv = select_heads_joint(gram, 4, 2, 2)
@@ -256,7 +254,7 @@ def test_input_model_is_unchanged(tiny_model):
 ])
 def test_bad_width_targets_raise_before_any_work(tiny_model, monkeypatch, kwargs, match):
     model = tiny_model("llama")
-    monkeypatch.setattr(pruning.copy, "deepcopy", _no_model_copy)
+    monkeypatch.setattr(pruning.width.copy, "deepcopy", _no_model_copy)
     importance = kwargs.pop("importance", random_importance(model))
     with pytest.raises(ValueError, match=match):
         prune_width(model, importance, **kwargs)
@@ -281,7 +279,7 @@ def test_bad_depth_targets_raise_before_any_work(tiny_model, monkeypatch, kwargs
     model = tiny_model("llama")
     if kwargs.get("importance") == "rnd":
         kwargs["importance"] = random_importance(model)
-    monkeypatch.setattr(pruning.copy, "deepcopy", _no_model_copy)
+    monkeypatch.setattr(pruning.width.copy, "deepcopy", _no_model_copy)
     with pytest.raises(ValueError, match=match):
         prune_depth(model, **kwargs)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import runs
+import csv
+
+from helpers import workbook as runs
+from helpers.workbook import report
 from helpers.evaluate import Perplexity
 
 
@@ -17,3 +20,48 @@ def test_baseline_rows_keep_the_full_split_row(tmp_path, monkeypatch):
     assert records[key]["tokens_seen"] == 0
     table = runs.results_table(("notebook", "heldout_ppl", "ppl_tokens"))
     assert "| teacher @ 20,440 tokens |" in table and "| teacher |" in table
+
+
+def _two_models(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    runs.record_metrics("teacher", "00_teacher_tour", {"params": 134_515_008, "heldout_ppl": 8.2612,
+                                                      "decode_tokens_per_s": 31.25, "peak_memory_mib": 812.46})
+    runs.record_metrics("width 60%", "04_logit_distillation", {"params": 81_000_000, "heldout_ppl": 11.5,
+                                                              "realtext_ppl": 19.004, "ppl_ratio": 1.392,
+                                                              "log_recovery": 0.8734, "tokens_seen": 1_048_576})
+
+
+def test_results_table_formats_and_marks_missing_values(tmp_path, monkeypatch):
+    _two_models(tmp_path, monkeypatch)
+    lines = runs.results_table(report.COLUMNS).splitlines()
+    assert lines[0] == "| model | " + " | ".join(report.COLUMNS) + " |"
+    teacher, student = lines[2], lines[3]
+    assert teacher == "| teacher | 00_teacher_tour | 134,515,008 | 8.26 | – | – | – | 31.2 | 812.5 | – |"
+    assert student == ("| width 60% | 04_logit_distillation | 81,000,000 | 11.50 | 19.00 | 1.39 | 87.3% | – | – "
+                       "| 1,048,576 |")
+    assert all("|  |" not in line for line in lines[2:])  # no empty cell
+
+
+def test_results_rows_and_csv_round_trip(tmp_path, monkeypatch):
+    _two_models(tmp_path, monkeypatch)
+    rows = runs.results_rows(report.COLUMNS)
+    assert [r["model"] for r in rows] == ["teacher", "width 60%"]
+    assert rows[1]["log_recovery"] == 0.8734 and rows[0]["log_recovery"] is None  # raw values, None where missing
+    path = runs.write_results_csv(tmp_path / "results.csv", report.COLUMNS)
+    assert path == tmp_path / "results.csv"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "results.csv"]  # no temp file left
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["model", *report.COLUMNS]
+        back = list(reader)
+    assert back == [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    assert float(back[1]["log_recovery"]) == 0.8734 and int(back[0]["params"]) == 134_515_008
+
+
+def test_report_writes_the_csv(tmp_path, monkeypatch):
+    _two_models(tmp_path, monkeypatch)
+    monkeypatch.setenv("WORKBOOK_SCALE", "smoke")  # not laptop: leaves README and docs/figures alone
+    assert report.main() == 0
+    with open(tmp_path / "results.csv", newline="") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["teacher", "width 60%"]
+    assert "87.3%" in (tmp_path / "report.md").read_text()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig
 
-from helpers import students
-from helpers.budget import count_parameters
+from helpers import recipes as students
+from helpers.pruning import count_parameters
 
 SMOLLM2 = LlamaConfig(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
@@ -23,7 +23,7 @@ def test_targets_for_the_default_teacher_are_near_sixty_percent():
         students.target_architectures(SMOLLM2, ratio=1.5)
 
 
-@pytest.mark.parametrize("kind", students.KINDS)
+@pytest.mark.parametrize("kind", students.STUDENT_KINDS)
 def test_build_student_prunes_to_target_and_keeps_teacher(tiny_model, tiny_batches, kind):
     teacher = tiny_model(num_hidden_layers=10, hidden_size=128, intermediate_size=256)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}

@@ -1,0 +1,88 @@
+"""After ``make run``: the results table and figures of the run, copied into the README and docs/figures.
+
+``python -m helpers report`` reads ``runs/<scale>/metrics.json`` (written by the notebooks through
+``helpers.workbook``), writes ``runs/<scale>/report.md`` and ``runs/<scale>/results.csv``, and, for the laptop
+scale, replaces the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md and copies
+the figures to docs/figures.
+Nothing in that block is typed by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..io import repo_root, write_text_atomically
+from .runs import load_metrics, results_table, runs_dir, write_results_csv
+from .scales import scale
+
+__all__ = ["COLUMNS", "durations_table", "build_report", "update_readme", "main"]
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+# every model: size, corpus and real-text perplexity, ratio to the teacher, log-space recovery, speed, memory, tokens
+COLUMNS = ("notebook", "params", "heldout_ppl", "realtext_ppl", "ppl_ratio", "log_recovery", "decode_tokens_per_s",
+           "peak_memory_mib", "tokens_seen")
+
+
+def durations_table() -> str:
+    path = runs_dir() / "notebooks" / "durations.txt"
+    if not path.is_file():
+        return ""
+    rows = ["| notebook | seconds |", "|---|---|"]
+    last: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, _, secs = line.partition(" ")
+        last[name] = secs
+    rows += [f"| {n} | {s} |" for n, s in sorted(last.items())]
+    return "\n".join(rows)
+
+
+def build_report(current: str) -> str:
+    figures = sorted((runs_dir() / "figures").glob("*.png"))
+    parts = [
+        f"Measured by `make run` (WORKBOOK_SCALE={current}); held-out perplexity by the protocol in "
+        "`helpers/evaluate/perplexity.py` (512-token windows, stride 512, held-out split of the embedded corpus).",
+        "",
+        results_table(COLUMNS),
+        "",
+        "`ppl_ratio`: perplexity over the teacher's; `log_recovery`: share of the pruning damage recovered, in "
+        "log-perplexity (100% = the teacher); decode speed and peak memory at batch 1 (`helpers/evaluate/speed.py`); "
+        "– = not measured for that model.",
+    ]
+    if durations := durations_table():
+        parts += ["", "Notebook run times on this machine:", "", durations]
+    if figures:
+        parts += [""] + [f"![{f.stem}](docs/figures/{f.name})" for f in figures]
+    return "\n".join(parts)
+
+
+def update_readme(block: str, readme: Path | None = None) -> None:
+    """Replace the results block of the README (between the markers) with ``block``."""
+    readme = readme or repo_root() / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} lacks the {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_text_atomically(readme, f"{head}{START}\n{block}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers report``: write ``runs/<scale>/report.md`` and ``results.csv``; at the laptop scale also
+    the README block."""
+    current = scale()
+    if not load_metrics():
+        print(f"No metrics recorded under {runs_dir()}; run the notebooks first (make run).")
+        return 1
+    block = build_report(current)
+    write_text_atomically(runs_dir() / "report.md", block + "\n")
+    write_results_csv(runs_dir() / "results.csv", COLUMNS)
+    print(block)
+    if current == "laptop":
+        dest = repo_root() / "docs" / "figures"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (runs_dir() / "figures").glob("*.png"):
+            shutil.copy2(f, dest / f.name)
+        update_readme(block)
+    return 0
+

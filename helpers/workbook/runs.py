@@ -1,0 +1,113 @@
+"""Where artifacts go, metrics records and the results table (markdown, plain rows, CSV).
+
+Every notebook writes under ``runs/<scale>/`` (``$WORKBOOK_RUNS`` overrides): models in
+``models/<name>``, metrics in one ``metrics.json`` keyed by model name, so one table can compare every model the
+workbook produced.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..io import repo_root, write_json_atomically, write_text_atomically
+from .scales import scale
+
+__all__ = ["runs_dir", "model_dir", "metrics_path", "load_metrics", "record_metrics", "record_baseline",
+           "results_table", "results_rows", "write_results_csv"]
+
+_MISSING = "–"  # an en dash: the cell of a value a model has no record of
+_DEFAULT_COLUMNS = ("notebook", "params", "heldout_ppl", "tokens_seen")
+_PERCENT = ("log_recovery",)  # stored as a fraction, shown as a percentage
+_ONE_DECIMAL_SUFFIXES = ("_per_s", "_mib")  # speeds and memory
+
+
+def runs_dir() -> Path:
+    """``$WORKBOOK_RUNS`` or ``<repo>/runs/<scale>``: each scale keeps its own artifacts, so a smoke test
+    never hands its tiny models to a laptop run."""
+    default = repo_root() / "runs" / scale()
+    path = Path(os.environ.get("WORKBOOK_RUNS", default))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_dir(name: str) -> Path:
+    """Where the model called ``name`` is (or will be) saved: ``runs/models/<name>``."""
+    return runs_dir() / "models" / name
+
+
+def metrics_path() -> Path:
+    return runs_dir() / "metrics.json"
+
+
+def load_metrics() -> dict[str, dict]:
+    """All records: ``{model_name: {notebook, scale, updated, **metrics}}``; ``{}`` when none (or corrupt)."""
+    try:
+        return json.loads(metrics_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def record_metrics(name: str, notebook: str, metrics: dict[str, Any], scale_name: str | None = None) -> dict:
+    """Merge ``metrics`` into the record of model ``name`` (atomic rewrite of ``runs/metrics.json``)."""
+    records = load_metrics()
+    entry = records.get(name, {})
+    entry.update(metrics)
+    entry.update(notebook=notebook, scale=scale_name or scale(), updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    records[name] = entry
+    write_json_atomically(metrics_path(), records)
+    return entry
+
+
+def record_baseline(name: str, notebook: str, params: int, ppl: Any) -> str:
+    """Record an undistilled model (teacher or pruned student) re-measured on a notebook's own evaluation windows.
+
+    ``ppl``: an ``evaluate.Perplexity``. The row is named ``"<name> @ <tokens> tokens"`` so it sits beside the runs
+    it is compared with, on the same tokens, and the full-split row written by notebooks 00-03 is kept.
+    """
+    key = f"{name} @ {ppl.n_tokens:,} tokens"
+    record_metrics(key, notebook, {"params": params, "heldout_ppl": round(ppl.ppl, 3), "ppl_tokens": ppl.n_tokens,
+                                   "tokens_seen": 0})
+    return key
+
+
+def results_rows(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> list[dict[str, Any]]:
+    """Every recorded model as a plain dict ``{"model": name, column: value, ...}``; ``None`` where not recorded."""
+    return [{"model": name, **{c: rec.get(c) for c in columns}} for name, rec in load_metrics().items()]
+
+
+def _cell(column: str, value: Any) -> str:
+    """One markdown cell: recovery as a percentage (1 decimal), tokens/s and MiB with 1 decimal, other floats 2,
+    integers with thousands separators, "–" for no value."""
+    if value is None or value == "":
+        return _MISSING
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if column in _PERCENT:
+        return f"{100 * value:.1f}%"
+    if column.endswith(_ONE_DECIMAL_SUFFIXES):
+        return f"{value:,.1f}"
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+
+
+def results_table(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> str:
+    """A markdown table of every recorded model (one row each) with the given columns ("–" where none)."""
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for row in results_rows(columns):
+        lines.append(f"| {row['model']} | " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_results_csv(path: str | Path, columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> Path:
+    """``results_rows(columns)`` as CSV (header ``model,<columns>``; raw values, recovery as a fraction, an empty
+    field where none), written atomically. Returns the path."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["model", *columns], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results_rows(columns))
+    return write_text_atomically(path, buffer.getvalue())

@@ -1,0 +1,164 @@
+"""Honest numbers: recovery on log-perplexity, bootstrap intervals over windows, seed bands, computed verdicts, and
+the per-window statistics ``perplexity()`` now carries."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import evaluate as E
+from helpers import workbook as W
+from helpers.workbook import Band
+
+
+def _result(window_nll, window_tokens, window: int = 512) -> E.Perplexity:
+    """A ``Perplexity`` built from per-window sums, as ``perplexity()`` would return it."""
+    n = int(sum(window_tokens))
+    mean = float(sum(window_nll)) / n
+    return E.Perplexity(math.exp(mean), mean, n, len(window_nll), window, tuple(window_nll), tuple(window_tokens))
+
+
+def _windows(n: int, seed: int = 0, mean: float = 3.0, tokens: int = 511) -> tuple[list[float], list[int]]:
+    """``n`` windows of ``tokens`` scored tokens whose mean NLL varies around ``mean`` nats from window to window."""
+    rng = np.random.default_rng(seed)
+    per_token = mean + 0.3 * rng.standard_normal(n)
+    return (per_token * tokens).tolist(), [tokens] * n
+
+
+def test_log_recovery_is_one_at_the_teacher_and_zero_at_the_pruned_model():
+    assert W.log_recovery(1000, 8, 8) == pytest.approx(1.0)
+    assert W.log_recovery(1000, 1000, 8) == pytest.approx(0.0)
+    r = W.log_recovery(1000, 64, 8)  # a student 8x the teacher's perplexity
+    linear = (1000 - 64) / (1000 - 8)
+    assert linear == pytest.approx(0.94, abs=0.005)
+    assert r == pytest.approx(math.log(1000 / 64) / math.log(125)) and r == pytest.approx(0.57, abs=0.005)
+    assert 1 - r == pytest.approx(0.43, abs=0.005)  # ln 8 of the ln 125 gap remains
+    assert W.log_recovery(1000, 2000, 8) < 0  # worse than the pruned model
+    assert W.ratio_to_teacher(64, 8) == 8.0
+    with pytest.raises(ValueError, match="no damage"):
+        W.log_recovery(8, 9, 8)
+    for bad in (0, -1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="positive finite"):
+            W.log_recovery(1000, bad, 8)
+    with pytest.raises(ValueError, match="ppl_teacher"):
+        W.ratio_to_teacher(10, 0)
+
+
+def test_bootstrap_interval_contains_the_estimate_narrows_with_windows_and_is_seeded():
+    nll, tokens = _windows(20)
+    point = math.exp(sum(nll) / sum(tokens))
+    low, high = W.bootstrap_interval(nll, tokens)
+    assert low < point < high
+    assert W.bootstrap_interval(nll, tokens, seed=0) == (low, high)
+    assert W.bootstrap_interval(nll, tokens, seed=1) != (low, high)
+    big_low, big_high = W.bootstrap_interval(*_windows(2000))
+    assert big_high - big_low < (high - low) / 5  # ~ 1 / sqrt(100)
+    assert W.bootstrap_interval(nll, tokens, level=0.5)[1] - W.bootstrap_interval(nll, tokens, level=0.5)[0] \
+        < high - low
+    band = W.window_band(_result(nll, tokens))
+    assert (band.low, band.high, band.n, band.kind) == (low, high, 20, "windows")
+    assert band.center == pytest.approx(point)
+    with pytest.raises(ValueError, match=">= 2 windows"):
+        W.bootstrap_interval(nll, tokens[:-1])
+    with pytest.raises(ValueError, match="level"):
+        W.bootstrap_interval(nll, tokens, level=1.0)
+
+
+def test_a_paired_bootstrap_of_identical_results_is_exactly_zero_and_within_noise():
+    a = _result(*_windows(30))
+    interval = W.paired_bootstrap_diff(a, a)
+    assert interval == (0.0, 0.0)
+    assert "within noise" in W.verdict_from_diff("A", "B", interval)
+
+
+def test_a_paired_bootstrap_sees_a_consistent_shift_that_separate_bands_miss():
+    nll, tokens = _windows(30, mean=3.0)
+    a = _result(nll, tokens)
+    b = _result([x + 0.02 * t for x, t in zip(nll, tokens)], tokens)  # b is 0.02 nats/token worse on every window
+    low, high = W.paired_bootstrap_diff(a, b)
+    assert low == pytest.approx(-0.02) and high == pytest.approx(-0.02)
+    assert W.verdict_from_diff("A", "B", (low, high)).startswith("A beats B")
+    assert W.verdict_from_diff("B", "A", W.paired_bootstrap_diff(b, a)).startswith("A beats B")
+    assert "within noise" in W.verdict("A", W.window_band(a), "B", W.window_band(b))  # unpaired: overlap
+    with pytest.raises(ValueError, match="same windows"):
+        W.paired_bootstrap_diff(a, _result(nll[:-1], tokens[:-1]))
+    with pytest.raises(ValueError, match="same windows"):
+        W.paired_bootstrap_diff(a, _result(nll, [t - 1 for t in tokens]))
+    with pytest.raises(ValueError, match="helpers.evaluate.perplexity"):
+        W.paired_bootstrap_diff(a, E.Perplexity(8.5, 2.14, 20440, 40, 512))  # no per-window statistics
+
+
+def test_verdicts_say_beats_only_when_bands_separate():
+    good, bad = Band(3.1, 2.9, 3.3, 3, "seeds"), Band(4.2, 4.0, 4.5, 3, "seeds")
+    assert W.verdict("A", good, "B", bad) == \
+        "A beats B (3.10 vs 4.20; bands [2.90, 3.30] and [4.00, 4.50] do not overlap)"
+    assert W.verdict("B", bad, "A", good).startswith("A beats B")
+    assert W.verdict("A", good, "B", bad, lower_is_better=False).startswith("B beats A")
+    close = Band(3.5, 3.2, 4.1, 3, "seeds")
+    text = W.verdict("A", good, "C", close)
+    assert text.startswith("A and C are within noise") and "overlap" in text and "beats" not in text
+    assert "B beats A" in W.verdict_from_diff("A", "B", (0.01, 0.05))
+    with pytest.raises(ValueError, match="low <= high"):
+        W.verdict_from_diff("A", "B", (0.05, 0.01))
+    with pytest.raises(ValueError, match="must not exceed"):
+        Band(1.0, 2.0, 1.5, 3, "seeds")
+
+
+def test_seed_band_is_median_and_range_and_needs_three_seeds():
+    band = W.seed_band([30.0, 27.0, 41.0, 29.0])
+    assert (band.center, band.low, band.high, band.n, band.kind) == (29.5, 27.0, 41.0, 4, "seeds")
+    for few in ([], [1.0], [1.0, 2.0]):
+        with pytest.raises(ValueError, match="at least 3 seeds, or a bootstrap over windows"):
+            W.seed_band(few)
+    with pytest.raises(ValueError, match="finite"):
+        W.seed_band([1.0, 2.0, math.nan])
+
+
+def test_plot_bands_returns_a_figure_and_leaves_no_pyplot_state():
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    bands = {"pruned": W.seed_band([300, 420, 350]), "distilled": W.window_band(_result(*_windows(20)))}
+    fig = W.plot_bands(bands, "held-out perplexity", "after healing", reference=8.5)
+    assert isinstance(fig, Figure) and fig.axes[0].get_yscale() == "log"
+    assert W.plot_bands(bands, "ppl", "linear", logy=False).axes[0].get_yscale() == "linear"
+    assert not plt.get_fignums()
+    with pytest.raises(ValueError, match="at least one band"):
+        W.plot_bands({}, "ppl", "empty")
+
+
+def _old_perplexity_total(model, blocks, targets, batch_size):
+    """The protocol's total before per-window statistics existed (kept to check it did not move)."""
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for batch, target in zip(blocks.split(batch_size), targets.split(batch_size)):
+            target = target[:, 1:]
+            logits = model(input_ids=batch).logits
+            total_nll += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), reduction="sum",
+                                         ignore_index=-100).item()
+            total_tokens += int((target != -100).sum())
+    return total_nll / total_tokens, total_tokens
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_perplexity_window_sums_add_up_to_the_unchanged_total(tiny_model, masked):
+    model = tiny_model()
+    blocks = torch.randint(3, 128, (5, 12), generator=torch.Generator().manual_seed(2))
+    labels = blocks.clone()
+    if masked:
+        labels[:, :5] = -100  # prompts as context only
+        labels[3] = -100  # a window with nothing to score
+    res = E.perplexity(model, blocks, batch_size=2, use_autocast=False, labels=labels if masked else None)
+    assert len(res.window_nll) == len(res.window_tokens) == res.n_windows == 5
+    assert sum(res.window_tokens) == res.n_tokens
+    assert list(res.window_tokens) == ([7, 7, 7, 0, 7] if masked else [11] * 5)
+    assert math.isclose(sum(res.window_nll), res.nll * res.n_tokens, rel_tol=1e-6)
+    mean, n = _old_perplexity_total(model, blocks, labels, 2)
+    assert n == res.n_tokens and res.nll == mean and res.ppl == math.exp(mean)  # bit-identical to before
+    assert res.as_dict()["window_tokens"] == res.window_tokens
+    low, high = W.bootstrap_interval(res.window_nll, res.window_tokens)
+    assert low <= res.ppl <= high
