@@ -1,12 +1,12 @@
 # The prune & distill workbook. Two commands are all you need:
-#   make run    set up, then run every notebook at the laptop scale with papermill (outputs in runs/laptop/)
+#   make run    set up, then run every notebook at the laptop scale with papermill (outputs in runs/laptop/);
+#               CLEAN=1 reruns finished notebooks, NB="notebooks/04_....ipynb" runs only those
 #   make test   set up, then unit + integration tests and every notebook at the smoke scale (nbval)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.workbook-setup
 SCALE ?= laptop
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # Nothing the embedded defaults use may wait on the network.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -27,14 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	@mkdir -p runs/$(SCALE)/notebooks
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb (WORKBOOK_SCALE=$(SCALE))"; \
-	  start=$$(date +%s); \
-	  WORKBOOK_SCALE=$(SCALE) $(VENV)/bin/papermill --cwd notebooks --kernel python3 \
-	    "$$nb" "runs/$(SCALE)/notebooks/$$(basename $$nb)" || exit 1; \
-	  echo "$$(basename $$nb) $$(( $$(date +%s) - start ))" >> runs/$(SCALE)/notebooks/durations.txt; \
-	done
+	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers run --scale $(SCALE) $(if $(CLEAN),--clean) $(NB)
 	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers report
 
 test: setup unit notebooks-test

@@ -1,14 +1,17 @@
 """``python -m helpers <command>``: the workbook's command line.
 
-Commands: ``corpus`` (build the embedded corpus with the teacher, resumable) and ``report`` (the results table and
-figures of the last ``make run``). ``python -m helpers <command> --help`` documents each.
+Commands: ``run`` (every notebook headless, with estimates; what ``make run`` calls), ``corpus`` (build the embedded
+corpus with the teacher, resumable) and ``report`` (the results table and figures of the last run).
+``python -m helpers <command> --help`` documents each.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-COMMANDS = {"corpus": "build the embedded corpus with the teacher (resumable)",
+COMMANDS = {"run": "run the notebooks headless at a scale (estimates first, reuses finished ones, stops on failure)",
+            "corpus": "build the embedded corpus with the teacher (resumable)",
             "report": "write runs/<scale>/report.md from the recorded metrics (laptop: also the README block)"}
 
 
@@ -22,11 +25,31 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "run":
+        return _run(rest)
     if command == "corpus":
-        from .data.corpus import main as run
-    else:
-        from .workbook.report import main as run
-    return run(rest)
+        from .data.corpus import main as corpus
+        return corpus(rest)
+    from .workbook.report import main as report
+    return report(rest)
+
+
+def _run(argv: list[str]) -> int:
+    import argparse
+    from pathlib import Path
+
+    from .workbook.scales import SCALES
+
+    ap = argparse.ArgumentParser(prog="python -m helpers run", description="Run the workbook's notebooks with "
+                                 "papermill: an estimate first, progress per notebook, the actual times at the end.")
+    ap.add_argument("--scale", default=os.environ.get("WORKBOOK_SCALE", "laptop"), choices=SCALES)
+    ap.add_argument("--clean", action="store_true", help="rerun notebooks that already finished at this scale")
+    ap.add_argument("notebooks", nargs="*", type=Path, help="only these notebooks (default: notebooks/NN_*.ipynb)")
+    args = ap.parse_args(argv)
+    os.environ["WORKBOOK_SCALE"] = args.scale  # before runs_dir() is resolved
+    from .workbook.runner import run_notebooks
+
+    return run_notebooks(args.scale, args.notebooks or None, args.clean)
 
 
 if __name__ == "__main__":

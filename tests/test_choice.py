@@ -64,7 +64,8 @@ def test_batching_and_padding_do_not_change_scores(tiny_model, tok):
 def test_trailing_context_space_moves_to_the_choice_and_empty_context_uses_bos(tiny_model, tok):
     model = tiny_model()
     moved = ChoiceItem("t5 t6 ", ("t8", "t9"), 0)
-    (a,), (b,) = evaluate.choice_loglikelihoods(model, tok, [moved]), evaluate.choice_loglikelihoods(model, tok, ITEMS[:1])
+    (a,) = evaluate.choice_loglikelihoods(model, tok, [moved])
+    (b,) = evaluate.choice_loglikelihoods(model, tok, ITEMS[:1])
     assert a[0] == pytest.approx(hand_loglikelihood(model, tok, "t5 t6", " t8"), abs=1e-5)
     (empty,) = evaluate.choice_loglikelihoods(model, tok, [ChoiceItem("", (" t8", " t9"), 0)])
     assert empty[0] == pytest.approx(hand_loglikelihood(model, tok, "<s>", " t8"), abs=1e-5)

@@ -16,12 +16,12 @@ from .verdicts import (Band, bootstrap_interval, log_recovery, paired_bootstrap_
 __all__ = ["SCALES", "scale", "by_scale", "runs_dir", "model_dir", "metrics_path", "load_metrics", "record_metrics",
            "record_baseline", "results_table", "results_rows", "write_results_csv",
            "check_close", "new_figure", "save_figure", "plot_curves",
-           "plot_bars", "prompt_box", "sliders", "Band", "log_recovery", "ratio_to_teacher", "bootstrap_interval",
+           "plot_bars", "prompt_box", "sliders", "valid_hidden_sizes", "width_sizer", "Band", "log_recovery", "ratio_to_teacher", "bootstrap_interval",
            "paired_bootstrap_diff", "window_band", "seed_band", "verdict", "verdict_from_diff", "plot_bands"]
 
 
 def __getattr__(name: str):  # the widgets import ipywidgets/IPython: only when a notebook asks for them
-    if name in ("prompt_box", "sliders"):
+    if name in ("prompt_box", "sliders", "valid_hidden_sizes", "width_sizer"):
         from . import widgets
 
         return getattr(widgets, name)

@@ -16,7 +16,7 @@ from ..io import repo_root, write_text_atomically
 from .runs import load_metrics, results_table, runs_dir, write_results_csv
 from .scales import scale
 
-__all__ = ["COLUMNS", "durations_table", "build_report", "update_readme", "main"]
+__all__ = ["COLUMNS", "machine_line", "durations_table", "build_report", "update_readme", "main"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # every model: size, corpus and real-text perplexity, ratio to the teacher, log-space recovery, speed, memory, tokens
@@ -25,21 +25,39 @@ COLUMNS = ("notebook", "params", "heldout_ppl", "realtext_ppl", "ppl_ratio", "lo
 
 
 def durations_table() -> str:
-    path = runs_dir() / "notebooks" / "durations.txt"
-    if not path.is_file():
+    """Notebook run times on this machine, from ``runs/<scale>/notebooks/timings.json`` (written by the runner)."""
+    import json
+
+    path = runs_dir() / "notebooks" / "timings.json"
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError):
         return ""
-    rows = ["| notebook | seconds |", "|---|---|"]
-    last: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        name, _, secs = line.partition(" ")
-        last[name] = secs
-    rows += [f"| {n} | {s} |" for n, s in sorted(last.items())]
+    rows = ["| notebook | seconds | machine GFLOP/s |", "|---|---|---|"]
+    rows += [f"| {n} | {t['seconds']:.0f} | {t['gflops']:.0f} |" for n, t in sorted(timings.items())]
     return "\n".join(rows)
+
+
+def machine_line() -> str:
+    """The CPU this report was built on: model name, cores, native bf16 or not, and the precision used."""
+    import os
+
+    from ..hardware import cpu_has_fast_bf16, fast_dtype
+
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    bf16 = "AVX512-BF16/AMX (native bf16)" if cpu_has_fast_bf16() else "no native bf16"
+    return (f"Machine: {model}, {os.cpu_count()} cores, {bf16}; notebooks computed in "
+            f"{str(fast_dtype('cpu')).replace('torch.', '')}.")
 
 
 def build_report(current: str) -> str:
     figures = sorted((runs_dir() / "figures").glob("*.png"))
     parts = [
+        machine_line(),
+        "",
         f"Measured by `make run` (WORKBOOK_SCALE={current}); held-out perplexity by the protocol in "
         "`helpers/evaluate/perplexity.py` (512-token windows, stride 512, held-out split of the embedded corpus).",
         "",

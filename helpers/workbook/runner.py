@@ -1,0 +1,147 @@
+"""``make run``: every notebook, headless, with an estimate first, progress while it runs, reuse of finished work and
+a clear stop on failure.
+
+Before it starts, a few seconds of matrix products measure this machine's speed (GFLOP/s, in the precision the
+notebooks will use: bf16 autocast where the CPU has native bf16, else fp32). Each notebook declares its work at each
+scale in its metadata (``metadata.workbook.work_gflop``: seconds x GFLOP/s of a measured run); after a run, the work
+measured here (``runs/<scale>/notebooks/timings.json``) replaces the declaration. Estimate = work / speed.
+
+A notebook whose executed copy in ``runs/<scale>/notebooks/`` finished without error and is newer than its source is
+reused (its artifacts are on disk) unless ``clean`` is asked for. A failing notebook stops the run with its name,
+the cell and the error; what finished stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..hardware import fast_dtype
+from ..io import repo_root, write_json_atomically
+from .runs import runs_dir
+from .scales import SCALES
+
+__all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks"]
+
+
+@dataclass
+class NotebookPlan:
+    """One notebook of a run: where it is, where its executed copy goes, its work and what it will do."""
+
+    source: Path
+    output: Path
+    work_gflop: float | None
+    reuse: bool
+
+    def estimate_s(self, gflops: float) -> float | None:
+        return None if self.work_gflop is None else self.work_gflop / gflops
+
+
+def calibrate(seconds: float = 2.0, size: int = 1024) -> float:
+    """Effective GFLOP/s of ``size`` x ``size`` matrix products on this CPU, in the notebooks' precision, over
+    about ``seconds`` (after one warm-up product)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = fast_dtype("cpu")
+    context = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
+    with context:
+        a @ b
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+
+
+def _finished(source: Path, output: Path) -> bool:
+    """The executed copy exists, is newer than the source, and papermill recorded an end without exception."""
+    if not output.is_file() or output.stat().st_mtime < source.stat().st_mtime:
+        return False
+    try:
+        meta = json.loads(output.read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError):
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception")
+
+
+def _timings_path(scale_name: str) -> Path:
+    return runs_dir() / "notebooks" / "timings.json" if scale_name else Path()
+
+
+def _work(source: Path, scale_name: str, timings: dict) -> float | None:
+    if source.name in timings:
+        return float(timings[source.name]["work_gflop"])
+    declared = json.loads(source.read_text()).get("metadata", {}).get("workbook", {}).get("work_gflop", {})
+    return float(declared[scale_name]) if scale_name in declared else None
+
+
+def plan(scale_name: str, notebooks: list[Path] | None = None, clean: bool = False) -> list[NotebookPlan]:
+    """What a run at ``scale_name`` will do, notebook by notebook (validated before anything runs)."""
+    if scale_name not in SCALES:
+        raise ValueError(f"Unknown scale {scale_name!r}; use one of {SCALES}.")
+    sources = notebooks or sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    missing = [str(p) for p in sources if not Path(p).is_file()]
+    if missing or not sources:
+        raise FileNotFoundError(f"No such notebook: {missing or 'notebooks/NN_*.ipynb is empty'}")
+    out_dir = runs_dir() / "notebooks"
+    timings = _load_timings(scale_name)
+    return [NotebookPlan(Path(s), out_dir / Path(s).name, _work(Path(s), scale_name, timings),
+                         reuse=not clean and _finished(Path(s), out_dir / Path(s).name)) for s in sources]
+
+
+def _load_timings(scale_name: str) -> dict:
+    try:
+        return json.loads(_timings_path(scale_name).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _minutes(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _print_plan(plans: list[NotebookPlan], gflops: float) -> None:
+    print(f"This machine: {gflops:.0f} GFLOP/s in {str(fast_dtype('cpu')).replace('torch.', '')}. Estimated times:")
+    todo = [p.estimate_s(gflops) for p in plans if not p.reuse]
+    for p in plans:
+        print(f"  {p.source.name:45s} {'reused (finished earlier)' if p.reuse else _minutes(p.estimate_s(gflops))}")
+    if todo and None not in todo:
+        print(f"  total about {_minutes(sum(todo))}; `make run CLEAN=1` starts from scratch")
+
+
+def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: bool = False) -> int:
+    """Execute the notebooks at ``scale_name`` with papermill; 0 when all finished, 1 on the first failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    plans = plan(scale_name, notebooks, clean)
+    gflops = calibrate()
+    _print_plan(plans, gflops)
+    os.environ["WORKBOOK_SCALE"] = scale_name
+    timings, actual = _load_timings(scale_name), {}
+    for k, p in enumerate(plans, 1):
+        if p.reuse:
+            continue
+        print(f"== [{k}/{len(plans)}] {p.source.name} (WORKBOOK_SCALE={scale_name}, "
+              f"estimate {_minutes(p.estimate_s(gflops))})", flush=True)
+        p.output.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(p.source), str(p.output), kernel_name="python3",
+                                       cwd=str(p.source.parent), progress_bar=True)
+        except PapermillExecutionError as err:
+            print(f"\nmake run stopped: {p.source.name} failed in cell {err.cell_index} (execution count "
+                  f"{err.exec_count}): {err.ename}: {err.evalue}\nThe executed copy up to that cell is {p.output}; "
+                  "the notebooks before it finished and are kept.")
+            return 1
+        seconds = time.perf_counter() - start
+        actual[p.source.name] = seconds
+        timings[p.source.name] = {"seconds": round(seconds, 1), "gflops": round(gflops, 1),
+                                  "work_gflop": round(seconds * gflops, 1)}
+        write_json_atomically(_timings_path(scale_name), timings)
+    print("Actual times: " + (", ".join(f"{n} {_minutes(s)}" for n, s in actual.items()) or "nothing ran"))
+    return 0

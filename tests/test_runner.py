@@ -1,0 +1,62 @@
+"""``make run``'s runner: estimates from declared work, reuse of finished notebooks, and a clear stop on failure."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from helpers.workbook import runner
+
+
+def _notebook(path, *sources, work=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if work is not None:
+        nb.metadata["workbook"] = {"work_gflop": work}
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    path.write_text(nbformat.writes(nb))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setattr(runner, "calibrate", lambda seconds=2.0, size=1024: 100.0)
+    return tmp_path
+
+
+def test_plan_estimates_from_declared_work_and_refuses_bad_input(runs):
+    nb = _notebook(runs / "00_a.ipynb", "x = 1", work={"smoke": 500.0})
+    (p,) = runner.plan("smoke", [nb])
+    assert p.work_gflop == 500.0 and p.estimate_s(100.0) == 5.0 and not p.reuse
+    assert runner.plan("laptop", [nb])[0].estimate_s(100.0) is None  # nothing declared for that scale
+    with pytest.raises(ValueError, match="Unknown scale 'huge'"):
+        runner.plan("huge", [nb])
+    with pytest.raises(FileNotFoundError, match="No such notebook"):
+        runner.plan("smoke", [runs / "missing.ipynb"])
+
+
+def test_finished_notebooks_are_reused_and_measured_work_replaces_the_declaration(runs, capsys):
+    nb = _notebook(runs / "00_a.ipynb", "x = 1", work={"smoke": 500.0})
+    assert runner.run_notebooks("smoke", [nb]) == 0
+    timings = json.loads((runs / "runs" / "notebooks" / "timings.json").read_text())
+    assert timings["00_a.ipynb"]["gflops"] == 100.0 and timings["00_a.ipynb"]["seconds"] > 0
+    (p,) = runner.plan("smoke", [nb])
+    assert p.reuse and p.work_gflop == timings["00_a.ipynb"]["work_gflop"]
+    assert not runner.plan("smoke", [nb], clean=True)[0].reuse
+    capsys.readouterr()
+    assert runner.run_notebooks("smoke", [nb]) == 0
+    out = capsys.readouterr().out
+    assert "reused (finished earlier)" in out and "Actual times: nothing ran" in out
+
+
+def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(runs, capsys):
+    bad = _notebook(runs / "01_bad.ipynb", "x = 1", "raise RuntimeError('boom in cell two')")
+    after = _notebook(runs / "02_after.ipynb", "y = 2")
+    assert runner.run_notebooks("smoke", [bad, after]) == 1
+    out = capsys.readouterr().out
+    assert "01_bad.ipynb failed in cell 1" in out and "RuntimeError: boom in cell two" in out
+    assert not (runs / "runs" / "notebooks" / "02_after.ipynb").exists(), "nothing runs after a failure"
+    assert not runner.plan("smoke", [bad])[0].reuse, "a failed notebook is not reused"
