@@ -162,3 +162,22 @@ def test_perplexity_window_sums_add_up_to_the_unchanged_total(tiny_model, masked
     assert res.as_dict()["window_tokens"] == res.window_tokens
     low, high = W.bootstrap_interval(res.window_nll, res.window_tokens)
     assert low <= res.ppl <= high
+
+
+def test_cached_perplexity_measures_once_and_tells_models_apart(tiny_model, tmp_path, monkeypatch):
+    from helpers import evaluate as E
+    from helpers.evaluate import cache
+
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    a, b = tiny_model(seed=0), tiny_model(seed=1)
+    blocks = torch.randint(3, 128, (3, 16), generator=torch.Generator().manual_seed(0))
+    calls = []
+    real = cache.perplexity
+    monkeypatch.setattr(cache, "perplexity", lambda *x, **k: calls.append(1) or real(*x, **k))
+    first = E.cached_perplexity("m", a, blocks)
+    again = E.cached_perplexity("m", a, blocks)
+    assert again == first and len(calls) == 1, "the same weights on the same windows are measured once"
+    assert E.cached_perplexity("m", b, blocks) != first and len(calls) == 2, "other weights: measured anew"
+    E.cached_perplexity("m", a, blocks[:2])
+    assert len(calls) == 3, "other windows: measured anew"
+    assert E.model_fingerprint(a) == E.model_fingerprint(tiny_model(seed=0)) != E.model_fingerprint(b)
