@@ -341,3 +341,9 @@ def test_trainer_private_hooks_still_exist():
     assert "self._save(" in inspect.getsource(Trainer.save_model)
     assert "self._load_from_checkpoint(" in inspect.getsource(Trainer.train) + inspect.getsource(
         Trainer._inner_training_loop)
+
+
+def test_final_eval_carries_the_windows_for_bands(student, teacher, blocks):
+    result = D.distill(student, teacher, blocks, config(max_steps=2), eval_blocks=blocks[:3])
+    assert result.final_eval.ppl == result.metrics["eval_ppl"] and len(result.final_eval.window_nll) == 3
+    assert D.distill(student, teacher, blocks, config(max_steps=1)).final_eval is None

@@ -181,3 +181,21 @@ def test_cached_perplexity_measures_once_and_tells_models_apart(tiny_model, tmp_
     E.cached_perplexity("m", a, blocks[:2])
     assert len(calls) == 3, "other windows: measured anew"
     assert E.model_fingerprint(a) == E.model_fingerprint(tiny_model(seed=0)) != E.model_fingerprint(b)
+
+
+def test_compare_runs_uses_seed_bands_with_three_seeds_else_the_window_bootstrap():
+    from helpers.evaluate import Perplexity
+
+    def result(shift):  # 20 windows of 100 tokens; per-window NLL varies, shifted by `shift` nats/token
+        nll = [100 * (2.0 + 0.05 * (i % 5) + shift) for i in range(20)]
+        total = sum(nll) / 2000
+        return Perplexity(math.exp(total), total, 2000, 20, 101, tuple(nll), (100,) * 20)
+
+    one = W.compare_runs("a", [result(0.0)], "b", [result(0.1)])
+    assert one.startswith("a beats b") and one.endswith("window noise only")
+    assert "within noise" in W.compare_runs("a", [result(0.0)], "b", [result(0.0)])
+    seeds_a, seeds_b = [result(s) for s in (0.0, 0.01, 0.02)], [result(s) for s in (0.015, 0.03, 0.04)]
+    assert "within noise" in W.compare_runs("a", seeds_a, "b", seeds_b), "overlapping seed bands"
+    assert W.compare_runs("a", seeds_a, "b", [result(s) for s in (0.2, 0.21, 0.22)]).startswith("a beats b")
+    with pytest.raises(ValueError, match="at least one result"):
+        W.compare_runs("a", [], "b", [result(0.0)])

@@ -121,6 +121,22 @@ class DistillConfig:
     def uses_hidden_states(self) -> bool:
         return self.hidden_loss is not None or self.embedding_weight > 0
 
+    def check_teacher_cache(self, top_k: int) -> None:
+        """Refuse what a teacher-logit cache (the teacher's top-``top_k`` log-probs, no teacher) cannot train."""
+        if self.loss == "ce":
+            raise ValueError("DistillConfig.loss='ce' is plain fine-tuning and uses no teacher: drop teacher_logits "
+                             "(or use loss='forward_kl' to distil from the cache).")
+        if self.loss != "forward_kl":
+            raise ValueError(f"DistillConfig.loss={self.loss!r} cannot train from a teacher-logit cache: it holds the "
+                             f"teacher's top-{top_k} log-probs, which serve loss='forward_kl' only. Use forward_kl, "
+                             "or pass the teacher (and no teacher_logits).")
+        if self.uses_hidden_states:
+            raise ValueError("DistillConfig.hidden_loss / embedding_weight need the teacher's hidden states, which a "
+                             "teacher-logit cache does not hold: pass the teacher (and no teacher_logits) for them.")
+        if self.top_k is not None and self.top_k != top_k:
+            raise ValueError(f"DistillConfig.top_k={self.top_k} but the teacher-logit cache keeps the top {top_k} "
+                             f"tokens: set top_k=None or {top_k}, or build the cache with top_k={self.top_k}.")
+
 
 # ----------------------------------------------------------------------------------------------------
 # Layer maps

@@ -78,7 +78,8 @@ def plot_ppl_vs_tokens(histories: Mapping[str, History], references: Mapping[str
 def plot_temperature(logits: torch.Tensor, temperatures: Sequence[float], tokenizer=None, top: int = 12,
                      title: str | None = None) -> Figure:
     """What temperature does to one next-token distribution: ``softmax(logits / tau)`` of ``logits`` ``[V]``
-    over the ``top`` most likely tokens (left) and the entropy in nats against tau (right)."""
+    over the ``top`` most likely tokens on a log probability axis, so the tail stays visible (left), and the entropy
+    in nats against tau (right)."""
     logits = logits.detach().float().cpu()
     order = logits.argsort(descending=True)[:top]
     labels = [repr(tokenizer.decode([int(i)])) if tokenizer is not None else str(int(i)) for i in order]
@@ -92,7 +93,8 @@ def plot_temperature(logits: torch.Tensor, temperatures: Sequence[float], tokeni
         ax.bar([i + (k - (len(temperatures) - 1) / 2) * width for i in range(top)], p[order].tolist(), width,
                label=f"τ = {tau:g} (H = {entropies[-1]:.2f})", color=f"C{k}")
     ax.set_xticks(range(top), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("probability")
+    ax.set_ylabel("probability (log scale: the tail the temperature lifts)")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(title or f"teacher's next-token distribution, top {top} tokens")
     ax2.plot(temperatures, entropies, marker="o")

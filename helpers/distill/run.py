@@ -2,13 +2,15 @@
 
 The objective, the module that is trained and the checkpoints are described in ``trainer.py`` beside this module;
 comparisons of a student with its teacher (channel matching, agreement, hidden-state similarity) are in
-``diagnostics.py``.
+``diagnostics.py``; what is checked before training and the data the Trainer sees, in ``inputs.py``.
 
 :func:`distill` validates everything first (config, models, data), then trains and returns a *new* student in a
 :class:`DistillResult` with the history the notebooks plot; the student passed in is left as it was.
 :class:`DistillConfig` and the layer maps live in ``config.py``; everything is re-exported by ``helpers.distill``.
 The teacher is never modified: it runs in eval mode under ``torch.no_grad`` (its ``requires_grad`` flags are
-switched off during training and restored), or as a low-precision copy when ``teacher_bf16``.
+switched off during training and restored), or as a low-precision copy when ``teacher_bf16``. With
+``teacher_logits`` (a cache from ``logit_cache.py``: the teacher's top-k log-probs, rows aligned with the blocks) it
+does not run at all and may be None.
 
 Several GPUs / nodes: the same script runs under accelerate, e.g.::
 
@@ -35,79 +37,14 @@ from transformers import default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
 from ..architecture import check_supported
+from ..evaluate import Perplexity
 from ..hardware import best_device, fast_dtype
 from ..models import save_model
-from .config import DistillConfig, LayerMap, resolve_layer_map
+from .config import DistillConfig, LayerMap
+from .inputs import _Blocks, _with_cache, as_inputs, validate
 from .trainer import DistillModule, DistillTrainer, PerplexityCallback
 
-__all__ = ["DistillResult", "validate", "as_inputs", "distill", "save_distilled"]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Validation and data
-
-
-def validate(
-    student: PreTrainedModel,
-    teacher: PreTrainedModel | None,
-    config: DistillConfig,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    teacher_tokenizer: PreTrainedTokenizerBase | None = None,
-) -> LayerMap:
-    """Check models against the config before any work; returns the layer map ([] without hidden losses)."""
-    check_supported(student)
-    vocab = student.get_output_embeddings().weight.shape[0]
-    if tokenizer is not None and len(tokenizer) > vocab:
-        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the student's vocabulary is {vocab}.")
-    if config.top_k is not None and config.top_k > vocab:
-        raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {vocab}; allowed: 1..{vocab}")
-    if not config.uses_teacher:
-        return []
-    if teacher is None:
-        raise ValueError(f"loss={config.loss!r} needs a teacher; pass one, or use loss='ce' for plain fine-tuning")
-    check_supported(teacher)
-    t_vocab = teacher.get_output_embeddings().weight.shape[0]
-    if (vocab, student.config.vocab_size) != (t_vocab, teacher.config.vocab_size):
-        raise ValueError(f"Student and teacher vocabularies differ ({student.config.vocab_size} vs "
-                         f"{teacher.config.vocab_size} tokens): logit distillation needs the same tokenizer.")
-    if tokenizer is not None and teacher_tokenizer is not None and \
-            tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        raise ValueError("Student and teacher tokenizers map tokens to different ids; use the teacher's tokenizer.")
-    if not config.uses_hidden_states:
-        return []
-    if config.kept_channels is not None and (len(config.kept_channels) != student.config.hidden_size
-                                             or max(config.kept_channels) >= teacher.config.hidden_size):
-        raise ValueError(f"kept_channels must list {student.config.hidden_size} teacher channel ids (one per student "
-                         f"channel) below {teacher.config.hidden_size}; got {len(config.kept_channels)} ids, max "
-                         f"{max(config.kept_channels)}")
-    return resolve_layer_map(config, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-
-
-def as_inputs(data: Tensor | dict[str, Tensor], vocab_size: int, name: str = "train_blocks") -> dict[str, Tensor]:
-    """Packed blocks ``[n_blocks, block_size]`` (or a dict with ``input_ids`` and optional ``attention_mask``,
-    ``labels`` of that shape; labels unshifted, ``-100`` = ignore) -> a validated dict of tensors."""
-    inputs = dict(data) if isinstance(data, dict) else {"input_ids": data}
-    ids = inputs.get("input_ids")
-    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long or ids.shape[1] < 2 or not len(ids):
-        got = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"{name} must be a LongTensor [n_blocks, block_size >= 2], got {got}")
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(f"{name} has token ids outside [0, {vocab_size}) (the model's vocabulary)")
-    unknown = set(inputs) - {"input_ids", "attention_mask", "labels"}
-    if unknown or any(v.shape != ids.shape for v in inputs.values()):
-        raise ValueError(f"{name}: keys must be input_ids/attention_mask/labels of one shape; got {sorted(inputs)}")
-    return inputs
-
-
-class _Blocks(torch.utils.data.Dataset):
-    def __init__(self, inputs: dict[str, Tensor]) -> None:
-        self.inputs = inputs
-
-    def __len__(self) -> int:
-        return len(self.inputs["input_ids"])
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {k: v[i] for k, v in self.inputs.items()}
+__all__ = ["DistillResult", "distill", "save_distilled"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,6 +55,7 @@ class _Blocks(torch.utils.data.Dataset):
 class DistillResult:
     """The trained student (a new object), the trained projections, and what the notebooks plot.
 
+    ``final_eval``: the held-out ``Perplexity`` at the end (None without ``eval_blocks``).
     ``history``: one dict per logged step, keys among ``step, tokens_seen, loss, kd, ce, hidden, embedding,
     alpha, lr, grad_norm, eval_loss, eval_ppl`` (eval keys at step 0, every ``eval_steps`` and at the end).
     """
@@ -129,6 +67,7 @@ class DistillResult:
     layer_map: LayerMap
     projections: dict[str, Tensor]
     metrics: dict[str, float]
+    final_eval: Perplexity | None = None  # the last held-out evaluation, with per-window statistics (for bands)
 
 
 def _teacher_for_training(teacher: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
@@ -166,18 +105,26 @@ def distill(
     tokenizer: PreTrainedTokenizerBase | None = None,
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    teacher_logits: dict[str, Tensor] | None = None,
 ) -> DistillResult:
     """Distil ``teacher`` into a deep copy of ``student`` on ``train_blocks`` (``[n_blocks, block_size]``).
 
     Neither input model is modified (the student is copied and trained in fp32 master weights; the teacher only
-    runs forward). Everything is validated before any training. ``teacher`` may be None for ``loss="ce"``.
+    runs forward). Everything is validated before any training. ``teacher`` may be None for ``loss="ce"``, and
+    when ``teacher_logits`` is given: a teacher-logit cache (``build_logit_cache`` / ``load_logit_cache``: top-k
+    log-probs and ids ``[n_blocks, block_size, k]``, rows aligned with ``train_blocks``); then no teacher runs, the
+    loss is ``losses.topk_cached_kl`` (``loss="forward_kl"`` only, no hidden-state or embedding losses;
+    ``config.top_k`` None or k), which equals the teacher run with ``top_k=k``.
     ``eval_blocks``: held-out packed blocks ``[n, window]`` for perplexity during training. ``tokenizer`` is saved
     in checkpoints. ``callbacks``: extra ``TrainerCallback``s (live plots, timers).
     Raises ``ValueError`` for bad configs/inputs, ``FloatingPointError`` when the loss becomes NaN/inf.
     """
-    layer_map = validate(student, teacher, config, tokenizer, teacher_tokenizer)
+    check_supported(student)
     vocab = student.get_output_embeddings().weight.shape[0]
-    train_inputs = as_inputs(train_blocks, vocab)
+    train_inputs = as_inputs(_with_cache(train_blocks, teacher_logits), vocab)
+    cache_k = train_inputs["topk_indices"].shape[-1] if "topk_indices" in train_inputs else None
+    layer_map = validate(student, teacher, config, tokenizer, teacher_tokenizer, cache_top_k=cache_k)
+    teacher = None if cache_k is not None else teacher  # a cached run never touches the teacher
     if eval_blocks is not None:
         as_inputs(eval_blocks if isinstance(eval_blocks, Tensor) else {}, vocab, "eval_blocks")  # plain blocks only
 
@@ -206,7 +153,7 @@ def distill(
             teacher.train(was_training)
         if config.output_dir is None:
             shutil.rmtree(output_dir, ignore_errors=True)
-    return _result(trainer, output.metrics, student, config, layer_map)
+    return _result(trainer, output.metrics, student, config, layer_map, cache_k)
 
 
 def _module(student: PreTrainedModel, teacher: PreTrainedModel | None, layer_map: LayerMap, config: DistillConfig
@@ -253,8 +200,9 @@ def _add_callbacks(trainer: DistillTrainer, config: DistillConfig, eval_blocks: 
 
 
 def _result(trainer: DistillTrainer, train_metrics: dict[str, Any], student: PreTrainedModel,
-            config: DistillConfig, layer_map: LayerMap) -> DistillResult:
-    """The trained student (with its lineage step appended), history and final metrics."""
+            config: DistillConfig, layer_map: LayerMap, cache_k: int | None = None) -> DistillResult:
+    """The trained student (with its lineage step appended: a cached teacher as ``teacher_logit_cache``),
+    history and final metrics."""
     trained = trainer.accelerator.unwrap_model(trainer.model)
     history = _history(trainer.state.log_history)
     metrics = {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))}
@@ -265,9 +213,12 @@ def _result(trainer: DistillTrainer, train_metrics: dict[str, Any], student: Pre
     cfg = {k: v for k, v in asdict(config).items() if k not in ("output_dir", "resume_from_checkpoint")}
     step = {"method": "distill" if config.uses_teacher else "finetune", "config": cfg, "layer_map": layer_map,
             "tokens_seen": tokens_seen, "metrics": metrics}
+    if cache_k is not None:
+        step["teacher_logit_cache"] = {"top_k": cache_k}
     trained.student.workbook_steps = [*getattr(student, "workbook_steps", []), step]  # lineage, as in pruning
+    callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, PerplexityCallback)), None)
     return DistillResult(student=trained.student.eval(), history=history, tokens_seen=tokens_seen, config=config,
-                         layer_map=layer_map, metrics=metrics,
+                         layer_map=layer_map, metrics=metrics, final_eval=callback and callback.last_result,
                          projections={k: v.detach().cpu() for k, v in trained.projections_state_dict().items()})
 
 

@@ -8,6 +8,7 @@ The objective (Minitron: Muralidharan et al. 2024; Sreenivas et al. 2024), per m
     L_is = hidden_weight * L_hidden + embedding_weight * L_embedding
     alpha = L_logits / L_is (detached) if dynamic_alpha else 1
     L = L_CE                                               loss == "ce": plain fine-tuning, no teacher forward
+    L_logits = topk_cached_kl(z_s, cache rows) [+ ce]      a teacher-logit cache: no teacher forward either
 
 ``L_logits`` is masked with the *shifted* labels (position s predicts token s+1; see ``losses.shift_labels``);
 the intermediate losses use the attention mask. Hidden states come from ``output_hidden_states``: student layer
@@ -36,7 +37,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .config import DistillConfig, LayerMap
 from .losses import (HiddenProjection, causal_lm_loss, dynamic_alpha, embedding_loss, hidden_state_loss,
-                     logit_distillation_loss, shift_labels)
+                     logit_distillation_loss, shift_labels, topk_cached_kl)
 
 __all__ = ["PROJECTIONS_FILE", "DistillModule", "DistillTrainer", "PerplexityCallback"]
 
@@ -79,7 +80,8 @@ class DistillModule(nn.Module):
 
 
 class DistillTrainer(Trainer):
-    """``Trainer`` whose ``compute_loss`` runs the frozen teacher and the distillation objective (module doc)."""
+    """``Trainer`` whose ``compute_loss`` runs the frozen teacher and the distillation objective (module doc), or,
+    when the batch carries a teacher-logit cache's rows (``topk_logprobs``, ``topk_indices``), ``topk_cached_kl``."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by grad_accum
 
@@ -96,6 +98,34 @@ class DistillTrainer(Trainer):
             return self.teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden,
                                 use_cache=False)
 
+    def _teacher_loss(self, out: dict[str, Any], parts: dict[str, Tensor], input_ids: Tensor,
+                      attention_mask: Tensor | None, logit_mask: Tensor) -> Tensor:
+        """``L_logits + alpha * L_is`` from a teacher forward on the batch; the parts go into ``parts``."""
+        cfg = self.distill_config
+        teacher_out = self._teacher_forward(input_ids, attention_mask, cfg.uses_hidden_states)
+        teacher_logits = teacher_out.logits  # [B, S, V], no grad
+        if cfg.teacher_temperature != 1.0:
+            teacher_logits = teacher_logits / cfg.teacher_temperature
+        parts["kd"] = loss = logit_distillation_loss(
+            out["logits"], teacher_logits, cfg.loss, mask=logit_mask, temperature=cfg.temperature,
+            beta=cfg.jsd_beta, top_k=cfg.top_k, renormalize_student=cfg.renormalize_student)
+        intermediate = None
+        if "hidden" in out:
+            targets = [teacher_out.hidden_states[t + 1] for _, t in self.layer_map]
+            parts["hidden"] = hidden_state_loss(out["hidden"], targets, cfg.hidden_loss, attention_mask)
+            intermediate = cfg.hidden_weight * parts["hidden"]
+        if "embedding" in out:
+            parts["embedding"] = embedding_loss(out["embedding"], teacher_out.hidden_states[0],
+                                                cfg.hidden_loss or "cosine", attention_mask)
+            term = cfg.embedding_weight * parts["embedding"]
+            intermediate = term if intermediate is None else intermediate + term
+        del teacher_out
+        if intermediate is not None:
+            alpha = dynamic_alpha(parts["kd"], intermediate) if cfg.dynamic_alpha else loss.new_ones(())
+            parts["alpha"] = alpha
+            loss = loss + alpha * intermediate
+        return loss
+
     def compute_loss(self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Tensor | tuple[Tensor, Any]:
         cfg = self.distill_config
@@ -108,29 +138,15 @@ class DistillTrainer(Trainer):
         if cfg.loss == "ce":
             loss = parts["ce"]
         else:
-            teacher_out = self._teacher_forward(input_ids, attention_mask, cfg.uses_hidden_states)
             logit_mask = shift_labels(labels, attention_mask) != -100  # [B, S]
-            teacher_logits = teacher_out.logits  # [B, S, V], no grad
-            if cfg.teacher_temperature != 1.0:
-                teacher_logits = teacher_logits / cfg.teacher_temperature
-            parts["kd"] = loss = logit_distillation_loss(
-                out["logits"], teacher_logits, cfg.loss, mask=logit_mask, temperature=cfg.temperature,
-                beta=cfg.jsd_beta, top_k=cfg.top_k, renormalize_student=cfg.renormalize_student)
-            intermediate = None
-            if "hidden" in out:
-                targets = [teacher_out.hidden_states[t + 1] for _, t in self.layer_map]
-                parts["hidden"] = hidden_state_loss(out["hidden"], targets, cfg.hidden_loss, attention_mask)
-                intermediate = cfg.hidden_weight * parts["hidden"]
-            if "embedding" in out:
-                parts["embedding"] = embedding_loss(out["embedding"], teacher_out.hidden_states[0],
-                                                    cfg.hidden_loss or "cosine", attention_mask)
-                term = cfg.embedding_weight * parts["embedding"]
-                intermediate = term if intermediate is None else intermediate + term
-            del teacher_out
-            if intermediate is not None:
-                alpha = dynamic_alpha(parts["kd"], intermediate) if cfg.dynamic_alpha else loss.new_ones(())
-                parts["alpha"] = alpha
-                loss = loss + alpha * intermediate
+            if "topk_logprobs" in inputs:  # a teacher-logit cache: no teacher forward
+                target = inputs["topk_logprobs"]  # [B, S, k]; a teacher temperature scales it like the logits
+                parts["kd"] = loss = topk_cached_kl(
+                    out["logits"], target / cfg.teacher_temperature if cfg.teacher_temperature != 1.0 else target,
+                    inputs["topk_indices"], mask=logit_mask, temperature=cfg.temperature,
+                    renormalize_student=cfg.renormalize_student)
+            else:
+                loss = self._teacher_loss(out, parts, input_ids, attention_mask, logit_mask)
             if cfg.ce_weight > 0:
                 loss = loss + cfg.ce_weight * parts["ce"]
         if not torch.isfinite(loss):
@@ -204,6 +220,7 @@ class PerplexityCallback(TrainerCallback):
         self.trainer, self.blocks, self.every, self.batch_size = trainer, blocks, every, batch_size
         self.at_start = at_start
         self.last_step = -1
+        self.last_result = None
 
     def _evaluate(self, state: Any) -> None:
         from ..evaluate import perplexity
@@ -211,6 +228,7 @@ class PerplexityCallback(TrainerCallback):
         args = self.trainer.args
         student = self.trainer.accelerator.unwrap_model(self.trainer.model).student
         result = perplexity(student, self.blocks, self.batch_size, use_autocast=args.bf16 or args.fp16)
+        self.last_result = result  # with per-window statistics, for bands (DistillResult.final_eval)
         loss, ppl = result.nll, result.ppl
         self.last_step = state.global_step
         # straight into log_history (saved with checkpoints); Trainer.log here would reset control.should_log

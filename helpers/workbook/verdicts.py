@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # only a type: helpers.evaluate imports the workbook's figure
     from ..evaluate import Perplexity
 
 __all__ = ["Band", "log_recovery", "ratio_to_teacher", "bootstrap_interval", "paired_bootstrap_diff", "window_band",
-           "seed_band", "verdict", "verdict_from_diff", "plot_bands"]
+           "seed_band", "verdict", "verdict_from_diff", "compare_runs", "plot_bands"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,19 @@ def verdict_from_diff(name_a: str, name_b: str, interval: tuple[float, float]) -
     if low > 0:
         return f"{name_b} beats {name_a} ({detail})"
     return f"{name_a} and {name_b} are within noise ({detail})"
+
+
+def compare_runs(name_a: str, a: Sequence[Perplexity], name_b: str, b: Sequence[Perplexity]) -> str:
+    """The one way a notebook states "A vs B" for runs evaluated on the same windows (``a``, ``b``: one result per
+    seed). With >= 3 seeds each: seed bands of the perplexity (:func:`verdict`). With fewer: the paired bootstrap
+    over the evaluation windows of the first seed (:func:`verdict_from_diff`), marked as covering evaluation noise
+    only, not the noise of training (data order, initialisation)."""
+    if not a or not b:
+        raise ValueError(f"compare_runs needs at least one result for each of {name_a!r} and {name_b!r}")
+    if len(a) >= 3 and len(b) >= 3:
+        return verdict(name_a, seed_band([r.ppl for r in a]), name_b, seed_band([r.ppl for r in b]))
+    text = verdict_from_diff(name_a, name_b, paired_bootstrap_diff(a[0], b[0]))
+    return f"{text}; one seed each: window noise only"
 
 
 def plot_bands(bands: Mapping[str, Band], ylabel: str, title: str, reference: float | None = None,

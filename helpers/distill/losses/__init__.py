@@ -1,12 +1,14 @@
-"""Distillation losses as pure, typed functions: logits (``logits.py``, with the chunked kernels in ``_chunks.py``)
-and hidden states / embeddings through a learned projection (``hidden.py``)."""
+"""Distillation losses as pure, typed functions: logits (``logits.py``, with the chunked kernels in ``_chunks.py``),
+the forward KL against a cached top-k teacher (``cached.py``) and hidden states / embeddings through a learned
+projection (``hidden.py``)."""
 
+from .cached import topk_cached_kl
 from .hidden import (HIDDEN_LOSS_FNS, HIDDEN_LOSSES, HiddenProjection, cosine_loss, dynamic_alpha, embedding_loss,
                      hidden_state_loss, mse_loss, nmse_loss)
 from .logits import (IGNORE_INDEX, LOGIT_LOSSES, causal_lm_loss, forward_kl, generalized_jsd, logit_distillation_loss,
                      masked_mean, resolve_mask, reverse_kl, shift_labels)
 
 __all__ = ["IGNORE_INDEX", "LOGIT_LOSSES", "shift_labels", "resolve_mask", "masked_mean", "forward_kl", "reverse_kl",
-           "generalized_jsd", "logit_distillation_loss", "causal_lm_loss", "HIDDEN_LOSSES", "HIDDEN_LOSS_FNS",
-           "HiddenProjection", "cosine_loss", "mse_loss", "nmse_loss", "hidden_state_loss", "embedding_loss",
-           "dynamic_alpha"]
+           "generalized_jsd", "logit_distillation_loss", "causal_lm_loss", "topk_cached_kl", "HIDDEN_LOSSES",
+           "HIDDEN_LOSS_FNS", "HiddenProjection", "cosine_loss", "mse_loss", "nmse_loss", "hidden_state_loss",
+           "embedding_loss", "dynamic_alpha"]

@@ -23,7 +23,8 @@ over them. With ``renormalize_student=True`` (default; trl's GOLD trainer conven
 gathered at the same k indices and renormalised too, so the divergence is between two k-way distributions (valid
 for every loss). With ``renormalize_student=False`` the student keeps its full-vocabulary log-probs at those
 indices: KL(truncated teacher || full student), which also pushes student mass off the tail; forward KL only.
-With k = V both equal the full loss.
+With k = V both equal the full loss. The same forward KL from a *cached* top-k teacher (no teacher forward) is
+``topk_cached_kl`` in ``cached.py``.
 
 Memory and speed: the logit losses walk over the ``[B*S, V]`` logits in row chunks with a fused gradient
 (``_chunks.py`` beside this module). Hidden-state and embedding losses are in ``hidden.py``.
