@@ -33,9 +33,10 @@ def _heatmap(scores: Tensor, title: str, ylabel: str, ax: Any = None, fig: Figur
     return fig
 
 
-def plot_heads(imp: Importance, ax: Any = None, fig: Figure | None = None) -> Figure:
-    """Heatmap heads x layers."""
-    return _heatmap(imp.heads, f"Attention-head importance ({imp.criterion})", "head", ax, fig)
+def plot_heads(imp: Importance, ax: Any = None, fig: Figure | None = None, log: bool = True) -> Figure:
+    """Heatmap heads x layers; ``log`` colours on a log scale (the heads of one KV group can score far above the
+    rest and would otherwise saturate the map)."""
+    return _heatmap(imp.heads, f"Attention-head importance ({imp.criterion})", "head", ax, fig, log)
 
 
 def plot_neurons(imp: Importance, sort: bool = True, ax: Any = None, fig: Figure | None = None, log: bool = True

@@ -11,13 +11,15 @@ from .runs import (load_metrics, metrics_path, model_dir, record_baseline, recor
                    runs_dir, write_results_csv)
 from .scales import SCALES, by_scale, scale
 from .verdicts import (Band, bootstrap_interval, log_recovery, paired_bootstrap_diff, plot_bands, ratio_to_teacher,
-                       seed_band, verdict, verdict_from_diff, window_band, compare_runs)
+                       seed_band, verdict, verdict_from_diff, window_band, compare_runs, Verdict,
+                       paired_verdict, verdict_cell)
 
 __all__ = ["SCALES", "scale", "by_scale", "runs_dir", "model_dir", "metrics_path", "load_metrics", "record_metrics",
            "record_baseline", "results_table", "results_rows", "write_results_csv",
            "check_close", "new_figure", "save_figure", "plot_curves",
            "plot_bars", "prompt_box", "sliders", "valid_hidden_sizes", "width_sizer", "Band", "log_recovery", "ratio_to_teacher", "bootstrap_interval",
-           "paired_bootstrap_diff", "window_band", "seed_band", "verdict", "verdict_from_diff", "compare_runs", "plot_bands"]
+           "paired_bootstrap_diff", "window_band", "seed_band", "verdict", "verdict_from_diff", "compare_runs", "plot_bands",
+           "Verdict", "paired_verdict", "verdict_cell"]
 
 
 def __getattr__(name: str):  # the widgets import ipywidgets/IPython: only when a notebook asks for them

@@ -20,8 +20,23 @@ from .figures import new_figure
 if TYPE_CHECKING:  # only a type: helpers.evaluate imports the workbook's figures, so no import cycle at run time
     from ..evaluate import Perplexity
 
-__all__ = ["Band", "log_recovery", "ratio_to_teacher", "bootstrap_interval", "paired_bootstrap_diff", "window_band",
-           "seed_band", "verdict", "verdict_from_diff", "compare_runs", "plot_bands"]
+__all__ = ["Band", "Verdict", "log_recovery", "ratio_to_teacher", "bootstrap_interval", "paired_bootstrap_diff",
+           "window_band", "seed_band", "verdict", "verdict_from_diff", "paired_verdict", "compare_runs", "verdict_cell",
+           "plot_bands"]
+
+
+class Verdict(str):
+    """A verdict's text (a ``str``: print it, or test ``startswith``) that also says who won: ``winner`` is the
+    better model's name, None when the two are within noise or when no verdict could be computed
+    (``decided=False``)."""
+
+    winner: str | None
+    decided: bool
+
+    def __new__(cls, text: str, winner: str | None = None, decided: bool = True) -> "Verdict":
+        v = super().__new__(cls, text)
+        v.winner, v.decided = winner, decided
+        return v
 
 
 @dataclass(frozen=True)
@@ -142,20 +157,20 @@ def _fmt(x: float) -> str:
     return f"{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}"
 
 
-def verdict(name_a: str, band_a: Band, name_b: str, band_b: Band, lower_is_better: bool = True) -> str:
+def verdict(name_a: str, band_a: Band, name_b: str, band_b: Band, lower_is_better: bool = True) -> Verdict:
     """"A beats B (3.1 vs 4.2; bands [2.9, 3.3] and [4.0, 4.5] do not overlap)" only when the bands separate,
     else "A and B are within noise (...; bands ... overlap)"."""
     a_below, b_below = band_a.high < band_b.low, band_b.high < band_a.low
     if not (a_below or b_below):
-        return (f"{name_a} and {name_b} are within noise ({_fmt(band_a.center)} vs {_fmt(band_b.center)}; bands "
-                f"[{_fmt(band_a.low)}, {_fmt(band_a.high)}] and [{_fmt(band_b.low)}, {_fmt(band_b.high)}] overlap)")
+        return Verdict(f"{name_a} and {name_b} are within noise ({_fmt(band_a.center)} vs {_fmt(band_b.center)}; bands "
+                       f"[{_fmt(band_a.low)}, {_fmt(band_a.high)}] and [{_fmt(band_b.low)}, {_fmt(band_b.high)}] overlap)")
     a_wins = a_below == lower_is_better
     (win, w), (lose, l_) = ((name_a, band_a), (name_b, band_b)) if a_wins else ((name_b, band_b), (name_a, band_a))
-    return (f"{win} beats {lose} ({_fmt(w.center)} vs {_fmt(l_.center)}; bands [{_fmt(w.low)}, {_fmt(w.high)}] "
-            f"and [{_fmt(l_.low)}, {_fmt(l_.high)}] do not overlap)")
+    return Verdict(f"{win} beats {lose} ({_fmt(w.center)} vs {_fmt(l_.center)}; bands [{_fmt(w.low)}, {_fmt(w.high)}] "
+                   f"and [{_fmt(l_.low)}, {_fmt(l_.high)}] do not overlap)", winner=win)
 
 
-def verdict_from_diff(name_a: str, name_b: str, interval: tuple[float, float]) -> str:
+def verdict_from_diff(name_a: str, name_b: str, interval: tuple[float, float]) -> Verdict:
     """The verdict from a paired interval of ``ln ppl_a - ln ppl_b`` (:func:`paired_bootstrap_diff`): "A beats
     B" when it lies below 0, "B beats A" above, else "within noise"."""
     low, high = (float(v) for v in interval)
@@ -164,13 +179,29 @@ def verdict_from_diff(name_a: str, name_b: str, interval: tuple[float, float]) -
     detail = (f"ln ppl {name_a} - ln ppl {name_b} in [{_fmt(low)}, {_fmt(high)}], ppl ratio in "
               f"[{_fmt(math.exp(low))}, {_fmt(math.exp(high))}], paired over windows")
     if high < 0:
-        return f"{name_a} beats {name_b} ({detail})"
+        return Verdict(f"{name_a} beats {name_b} ({detail})", winner=name_a)
     if low > 0:
-        return f"{name_b} beats {name_a} ({detail})"
-    return f"{name_a} and {name_b} are within noise ({detail})"
+        return Verdict(f"{name_b} beats {name_a} ({detail})", winner=name_b)
+    return Verdict(f"{name_a} and {name_b} are within noise ({detail})")
 
 
-def compare_runs(name_a: str, a: Sequence[Perplexity], name_b: str, b: Sequence[Perplexity]) -> str:
+def paired_verdict(name_a: str, a: Perplexity, name_b: str, b: Perplexity) -> Verdict:
+    """The verdict for two models scored on the same windows (one result each): the paired bootstrap over the
+    windows; undecided (``decided=False``, and the text says why) with fewer than 2 windows."""
+    if a.n_windows < 2 or b.n_windows < 2:
+        return Verdict(f"{name_a} vs {name_b}: no verdict from {min(a.n_windows, b.n_windows)} window "
+                       "(a bootstrap needs >= 2)", decided=False)
+    return verdict_from_diff(name_a, name_b, paired_bootstrap_diff(a, b))
+
+
+def verdict_cell(v: Verdict, name_a: str, name_b: str, label_a: str, label_b: str) -> str:
+    """A verdict as a short table cell: ``label_a`` or ``label_b`` (whichever model won), "noise" or "n/a"."""
+    if not v.decided:
+        return "n/a"
+    return {name_a: label_a, name_b: label_b}.get(v.winner, "noise") if v.winner else "noise"
+
+
+def compare_runs(name_a: str, a: Sequence[Perplexity], name_b: str, b: Sequence[Perplexity]) -> Verdict:
     """The one way a notebook states "A vs B" for runs evaluated on the same windows (``a``, ``b``: one result per
     seed). With >= 3 seeds each: seed bands of the perplexity (:func:`verdict`). With fewer: the paired bootstrap
     over the evaluation windows of the first seed (:func:`verdict_from_diff`), marked as covering evaluation noise
@@ -179,8 +210,8 @@ def compare_runs(name_a: str, a: Sequence[Perplexity], name_b: str, b: Sequence[
         raise ValueError(f"compare_runs needs at least one result for each of {name_a!r} and {name_b!r}")
     if len(a) >= 3 and len(b) >= 3:
         return verdict(name_a, seed_band([r.ppl for r in a]), name_b, seed_band([r.ppl for r in b]))
-    text = verdict_from_diff(name_a, name_b, paired_bootstrap_diff(a[0], b[0]))
-    return f"{text}; one seed each: window noise only"
+    v = paired_verdict(name_a, a[0], name_b, b[0])
+    return Verdict(f"{v}; one seed each: window noise only", v.winner, v.decided) if v.decided else v
 
 
 def plot_bands(bands: Mapping[str, Band], ylabel: str, title: str, reference: float | None = None,
