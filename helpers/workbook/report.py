@@ -9,10 +9,14 @@ Nothing in that block is typed by hand.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
+from ..hardware import cpu_has_fast_bf16, fast_dtype
 from ..io import repo_root, write_text_atomically
+from .runner import timings_path
 from .runs import load_metrics, results_table, runs_dir, write_results_csv
 from .scales import scale
 
@@ -26,11 +30,8 @@ COLUMNS = ("notebook", "params", "heldout_ppl", "realtext_ppl", "ppl_ratio", "lo
 
 def durations_table() -> str:
     """Notebook run times on this machine, from ``runs/<scale>/notebooks/timings.json`` (written by the runner)."""
-    import json
-
-    path = runs_dir() / "notebooks" / "timings.json"
     try:
-        timings = json.loads(path.read_text())
+        timings = json.loads(timings_path().read_text())
     except (OSError, ValueError):
         return ""
     rows = ["| notebook | seconds | machine GFLOP/s |", "|---|---|---|"]
@@ -40,10 +41,6 @@ def durations_table() -> str:
 
 def machine_line() -> str:
     """The CPU this report was built on: model name, cores, native bf16 or not, and the precision used."""
-    import os
-
-    from ..hardware import cpu_has_fast_bf16, fast_dtype
-
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):

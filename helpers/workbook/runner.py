@@ -26,7 +26,7 @@ from ..io import repo_root, write_json_atomically
 from .runs import runs_dir
 from .scales import SCALES
 
-__all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks"]
+__all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks", "timings_path"]
 
 
 @dataclass
@@ -68,8 +68,9 @@ def _finished(source: Path, output: Path) -> bool:
     return bool(meta.get("end_time")) and not meta.get("exception")
 
 
-def _timings_path(scale_name: str) -> Path:
-    return runs_dir() / "notebooks" / "timings.json" if scale_name else Path()
+def timings_path() -> Path:
+    """``runs/<scale>/notebooks/timings.json``: measured seconds, GFLOP/s and work per notebook (read by the report)."""
+    return runs_dir() / "notebooks" / "timings.json"
 
 
 def _work(source: Path, scale_name: str, timings: dict) -> float | None:
@@ -83,19 +84,20 @@ def plan(scale_name: str, notebooks: list[Path] | None = None, clean: bool = Fal
     """What a run at ``scale_name`` will do, notebook by notebook (validated before anything runs)."""
     if scale_name not in SCALES:
         raise ValueError(f"Unknown scale {scale_name!r}; use one of {SCALES}.")
+    os.environ["WORKBOOK_SCALE"] = scale_name  # runs_dir() and the notebooks' kernels read it
     sources = notebooks or sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [str(p) for p in sources if not Path(p).is_file()]
     if missing or not sources:
         raise FileNotFoundError(f"No such notebook: {missing or 'notebooks/NN_*.ipynb is empty'}")
     out_dir = runs_dir() / "notebooks"
-    timings = _load_timings(scale_name)
+    timings = _load_timings()
     return [NotebookPlan(Path(s), out_dir / Path(s).name, _work(Path(s), scale_name, timings),
                          reuse=not clean and _finished(Path(s), out_dir / Path(s).name)) for s in sources]
 
 
-def _load_timings(scale_name: str) -> dict:
+def _load_timings() -> dict:
     try:
-        return json.loads(_timings_path(scale_name).read_text())
+        return json.loads(timings_path().read_text())
     except (OSError, ValueError):
         return {}
 
@@ -121,8 +123,7 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
     plans = plan(scale_name, notebooks, clean)
     gflops = calibrate()
     _print_plan(plans, gflops)
-    os.environ["WORKBOOK_SCALE"] = scale_name
-    timings, actual = _load_timings(scale_name), {}
+    timings, actual = _load_timings(), {}
     for k, p in enumerate(plans, 1):
         if p.reuse:
             continue
@@ -142,6 +143,6 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
         actual[p.source.name] = seconds
         timings[p.source.name] = {"seconds": round(seconds, 1), "gflops": round(gflops, 1),
                                   "work_gflop": round(seconds * gflops, 1)}
-        write_json_atomically(_timings_path(scale_name), timings)
+        write_json_atomically(timings_path(), timings)
     print("Actual times: " + (", ".join(f"{n} {_minutes(s)}" for n, s in actual.items()) or "nothing ran"))
     return 0
