@@ -13,7 +13,8 @@ import torch
 from .packing import load_blocks, pack
 from .sources import load_records
 
-__all__ = ["ChatPair", "chat_prompt", "chat_pairs", "chat_examples", "chat_blocks", "training_blocks"]
+__all__ = ["ChatPair", "chat_prompt", "chat_pairs", "chat_examples", "chat_blocks", "training_blocks", "prompt_ids",
+           "pad_examples"]
 
 
 def chat_prompt(tokenizer, message: str) -> str:
@@ -47,8 +48,14 @@ def chat_examples(pairs: list[ChatPair], tokenizer, max_length: int | None = 512
     return [_chat_example(p, tokenizer, max_length) for p in pairs]
 
 
+def prompt_ids(tokenizer, message: str) -> list[int]:
+    """The token ids of ``message`` as the user turn of the chat template, ending with the generation prompt
+    (what the teacher saw before it answered; no special tokens added beyond the template's own)."""
+    return tokenizer(chat_prompt(tokenizer, message), add_special_tokens=False)["input_ids"]
+
+
 def _chat_example(p: ChatPair, tokenizer, max_length: int | None) -> dict[str, torch.Tensor]:
-    p_ids = tokenizer(chat_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
+    p_ids = prompt_ids(tokenizer, p.prompt)
     r_ids = tokenizer(p.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (p_ids + r_ids)[:max_length]
     labels = ([-100] * len(p_ids) + r_ids)[:max_length]
@@ -79,3 +86,28 @@ def training_blocks(tokenizer, block_size: int = 512, max_blocks: int | None = N
     if chat:
         return chat_blocks(tokenizer, split="train", block_size=block_size, max_blocks=max_blocks)
     return {"input_ids": load_blocks(tokenizer, split="train", block_size=block_size, max_blocks=max_blocks)}
+
+
+def pad_examples(examples: list[dict[str, torch.Tensor]], pad_token_id: int, length: int | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Right-pad examples (``input_ids`` / ``labels`` ``[seq]`` from :func:`chat_examples`) to one length.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels`` ``[n, length]`` (``length`` None: the longest
+    example; longer examples are cut); padding has attention 0 and label -100, so nothing scores it. This is the
+    per-example layout of sequence-level KD and on-policy runs, where each row is one prompt and its answer.
+    """
+    if not examples:
+        raise ValueError("pad_examples got no examples")
+    longest = max(len(e["input_ids"]) for e in examples)
+    length = longest if length is None else length
+    if length < 2:
+        raise ValueError(f"length must be >= 2 tokens, got {length}")
+    out = {"input_ids": torch.full((len(examples), length), pad_token_id, dtype=torch.long),
+           "attention_mask": torch.zeros(len(examples), length, dtype=torch.long),
+           "labels": torch.full((len(examples), length), -100, dtype=torch.long)}
+    for row, e in enumerate(examples):
+        n = min(len(e["input_ids"]), length)
+        out["input_ids"][row, :n] = e["input_ids"][:n]
+        out["attention_mask"][row, :n] = 1
+        out["labels"][row, :n] = e["labels"][:n]
+    return out

@@ -1,5 +1,6 @@
 """Distillation: one ``transformers.Trainer``-based engine that every variant (logit KD, hidden-state and embedding
-KD, fine-tuning baselines) configures through :class:`DistillConfig`; its losses (``helpers.distill.losses``),
+KD, fine-tuning baselines, sequence-level KD on teacher-written answers, on-policy KD on the student's own samples)
+configures through :class:`DistillConfig`; its losses (``helpers.distill.losses``),
 the teacher-logit cache (the teacher's top-k computed once for runs on the same tokens), diagnostics and figures.
 
 ``from helpers.distill import DistillConfig, distill, save_distilled``.
@@ -12,7 +13,9 @@ from .inputs import as_inputs, validate
 from .logit_cache import LOGIT_CACHE_KEYS, build_logit_cache, cached_or_built, load_logit_cache, topk_exactness
 from .plots import (plot_layer_map, plot_layer_similarity, plot_loss_curves, plot_ppl_vs_tokens, plot_projection,
                     plot_temperature)
+from .on_policy import OnPolicy, OnPolicyData
 from .run import DistillResult, distill, save_distilled
+from .synthetic import GenerationSettings, pair_inputs, sample_answers, synthetic_pairs
 from .trainer import PROJECTIONS_FILE, DistillModule, DistillTrainer, PerplexityCallback
 
 __all__ = ["losses", "LOSSES", "LayerMap", "DistillConfig", "last_k_layer_map", "uniform_layer_map",
@@ -20,4 +23,5 @@ __all__ = ["losses", "LOSSES", "LayerMap", "DistillConfig", "last_k_layer_map", 
            "LOGIT_CACHE_KEYS", "build_logit_cache", "load_logit_cache", "cached_or_built", "topk_exactness",
            "PROJECTIONS_FILE", "DistillModule", "DistillTrainer", "PerplexityCallback", "match_hidden_channels",
            "teacher_agreement", "hidden_similarity", "plot_loss_curves", "plot_ppl_vs_tokens", "plot_temperature",
-           "plot_projection", "plot_layer_similarity", "plot_layer_map"]
+           "plot_projection", "plot_layer_similarity", "plot_layer_map", "OnPolicy", "OnPolicyData", "GenerationSettings",
+           "sample_answers", "synthetic_pairs", "pair_inputs"]

@@ -42,6 +42,7 @@ from ..hardware import best_device, fast_dtype
 from ..models import save_model
 from .config import DistillConfig, LayerMap
 from .inputs import _Blocks, _with_cache, as_inputs, validate
+from .on_policy import OnPolicy, OnPolicyData
 from .trainer import DistillModule, DistillTrainer, PerplexityCallback
 
 __all__ = ["DistillResult", "distill", "save_distilled"]
@@ -106,6 +107,7 @@ def distill(
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
     callbacks: list[TrainerCallback] | None = None,
     teacher_logits: dict[str, Tensor] | None = None,
+    on_policy: OnPolicy | None = None,
 ) -> DistillResult:
     """Distil ``teacher`` into a deep copy of ``student`` on ``train_blocks`` (``[n_blocks, block_size]``).
 
@@ -117,6 +119,9 @@ def distill(
     ``config.top_k`` None or k), which equals the teacher run with ``top_k=k``.
     ``eval_blocks``: held-out packed blocks ``[n, window]`` for perplexity during training. ``tokenizer`` is saved
     in checkpoints. ``callbacks``: extra ``TrainerCallback``s (live plots, timers).
+    ``on_policy``: an :class:`OnPolicy` source (``on_policy.py``): a share ``lmbda`` of the batches are the
+    student's own sampled answers to its prompts, the rest rows of ``train_blocks`` (per-example rows with
+    ``attention_mask`` and ``labels``, e.g. ``synthetic.pair_inputs``); needs the teacher and ``tokenizer``.
     Raises ``ValueError`` for bad configs/inputs, ``FloatingPointError`` when the loss becomes NaN/inf.
     """
     check_supported(student)
@@ -125,6 +130,8 @@ def distill(
     cache_k = train_inputs["topk_indices"].shape[-1] if "topk_indices" in train_inputs else None
     layer_map = validate(student, teacher, config, tokenizer, teacher_tokenizer, cache_top_k=cache_k)
     teacher = None if cache_k is not None else teacher  # a cached run never touches the teacher
+    if on_policy is not None:
+        _check_on_policy(on_policy, teacher, config, train_inputs, tokenizer)
     if eval_blocks is not None:
         as_inputs(eval_blocks if isinstance(eval_blocks, Tensor) else {}, vocab, "eval_blocks")  # plain blocks only
 
@@ -141,7 +148,10 @@ def distill(
         if teacher is not None and config.uses_teacher:
             teacher.eval().requires_grad_(False)
             frozen = _teacher_for_training(teacher, args.device, teacher_dtype)
-        trainer = DistillTrainer(model=module, args=args, train_dataset=_Blocks(train_inputs),
+        dataset = _Blocks(train_inputs) if on_policy is None else OnPolicyData(
+            on_policy, train_inputs, module.student, tokenizer, config.batch_size, config.max_steps * config.grad_accum,
+            mixed)
+        trainer = DistillTrainer(model=module, args=args, train_dataset=dataset,
                                  data_collator=default_data_collator, processing_class=tokenizer,
                                  teacher=frozen, distill_config=config)
         _add_callbacks(trainer, config, eval_blocks, callbacks)
@@ -153,7 +163,25 @@ def distill(
             teacher.train(was_training)
         if config.output_dir is None:
             shutil.rmtree(output_dir, ignore_errors=True)
-    return _result(trainer, output.metrics, student, config, layer_map, cache_k)
+    return _result(trainer, output.metrics, student, config, layer_map, cache_k, on_policy)
+
+
+def _check_on_policy(source: OnPolicy, teacher: PreTrainedModel | None, config: DistillConfig,
+                     inputs: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase | None) -> None:
+    """What an on-policy run needs, checked before any work."""
+    if not isinstance(source, OnPolicy):
+        raise TypeError(f"on_policy must be an OnPolicy, got {type(source).__name__}")
+    if teacher is None or not config.uses_teacher:
+        raise ValueError("on_policy needs a live teacher and a divergence loss (forward_kl, reverse_kl or jsd): the "
+                         "teacher scores the student's own samples, which no cache or CE label holds")
+    if tokenizer is None:
+        raise ValueError("on_policy needs tokenizer= (the student's prompts are chat-templated and tokenized)")
+    if not {"labels", "attention_mask"} <= set(inputs):
+        raise ValueError("on_policy trains on per-example rows: train_blocks must hold input_ids, attention_mask and "
+                         "labels (prompt = -100), e.g. helpers.distill.pair_inputs; got " + ", ".join(sorted(inputs)))
+    if config.resume_from_checkpoint:
+        raise ValueError("an on-policy run cannot resume from a checkpoint: its samples come from the student as it "
+                         "was at each step; start it again (save_steps still writes usable checkpoints)")
 
 
 def _module(student: PreTrainedModel, teacher: PreTrainedModel | None, layer_map: LayerMap, config: DistillConfig
@@ -200,7 +228,8 @@ def _add_callbacks(trainer: DistillTrainer, config: DistillConfig, eval_blocks: 
 
 
 def _result(trainer: DistillTrainer, train_metrics: dict[str, Any], student: PreTrainedModel,
-            config: DistillConfig, layer_map: LayerMap, cache_k: int | None = None) -> DistillResult:
+            config: DistillConfig, layer_map: LayerMap, cache_k: int | None = None,
+            on_policy: OnPolicy | None = None) -> DistillResult:
     """The trained student (with its lineage step appended: a cached teacher as ``teacher_logit_cache``),
     history and final metrics."""
     trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -215,6 +244,10 @@ def _result(trainer: DistillTrainer, train_metrics: dict[str, Any], student: Pre
             "tokens_seen": tokens_seen, "metrics": metrics}
     if cache_k is not None:
         step["teacher_logit_cache"] = {"top_k": cache_k}
+    if on_policy is not None:
+        metrics.update(on_policy.stats)
+        step["on_policy"] = {k: v for k, v in asdict(on_policy).items() if k not in ("prompts", "stats")} | {
+            "n_prompts": len(on_policy.prompts)}
     trained.student.workbook_steps = [*getattr(student, "workbook_steps", []), step]  # lineage, as in pruning
     callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, PerplexityCallback)), None)
     return DistillResult(student=trained.student.eval(), history=history, tokens_seen=tokens_seen, config=config,
