@@ -98,7 +98,8 @@ def test_on_policy_rows_are_the_students_samples_with_the_prompt_masked(tiny_mod
     source = D.OnPolicy(PROMPTS, lmbda=1.0, regenerate_every=2, max_new_tokens=5, seed=0)
     data = list(D.OnPolicyData(source, rows, student, tok, batch_size=2, n_batches=3))
     assert len(data) == 6 and source.stats["on_policy_batches"] == 3 and source.stats["fixed_batches"] == 0
-    assert source.stats["regenerations"] == 2  # a pool of 2 batches, renewed after 2 steps
+    assert source.stats["regenerations"] == 2  # generated at steps 0 and 2, reused at step 1
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(data[:2], data[2:4]))
     for row in data:
         n = int(row["attention_mask"].sum())
         labelled = (row["labels"] != -100).nonzero().flatten()
@@ -108,6 +109,19 @@ def test_on_policy_rows_are_the_students_samples_with_the_prompt_masked(tiny_mod
     again = list(D.OnPolicyData(D.OnPolicy(PROMPTS, lmbda=1.0, regenerate_every=2, max_new_tokens=5, seed=0), rows,
                                 student, tok, batch_size=2, n_batches=3))
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(data, again))  # seeded
+
+
+def test_on_policy_schedule():
+    kinds = D.on_policy_schedule(200, lmbda=0.5, regenerate_every=3, seed=0)
+    assert kinds == D.on_policy_schedule(200, lmbda=0.5, regenerate_every=3, seed=0)
+    assert 70 < kinds.count("fixed") < 130 and kinds.count("generate") >= 1
+    assert D.on_policy_schedule(5, lmbda=1.0, regenerate_every=2) == ["generate", "reuse", "generate", "reuse", "generate"]
+    assert set(D.on_policy_schedule(9, lmbda=1.0, regenerate_every=1)) == {"generate"}
+    assert set(D.on_policy_schedule(9, lmbda=0.0)) == {"fixed"}
+    last = None
+    for step, kind in enumerate(kinds):  # a reused batch is never older than regenerate_every steps
+        last = step if kind == "generate" else last
+        assert kind != "reuse" or step - last < 3
 
 
 def test_on_policy_run_mixes_fixed_and_own_samples(tiny_model, fixed_rows):

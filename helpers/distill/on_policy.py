@@ -6,14 +6,13 @@ and the run's batches come from :class:`OnPolicyData`. Per batch, with probabili
 rows are the student's own answers to the prompts, else rows of the fixed data (e.g. the teacher's answers from
 ``synthetic.pair_inputs``). The loss is the run's divergence (``DistillConfig.loss``: forward KL, reverse KL or
 JSD(beta), ``jsd_beta``) on the answer tokens; the prompt is masked. Fresh samples cost generation time on the
-student, so a pool of samples is generated at once and used for ``regenerate_every`` steps (1 = always fresh, as in
-GKD). The data loader prefetches one batch, so a sample may come from weights up to one step older than the step
+student, so a generated batch is reused by the on-policy batches of the next ``regenerate_every`` steps (1 = always
+fresh, as in GKD; :func:`on_policy_schedule` says which batches generate). The data loader prefetches one batch, so a sample may come from weights up to one step older than the step
 that trains on it. Generation is seeded (``seed`` + regeneration index) without touching the trainer's RNG.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,25 @@ from torch import Tensor
 from ..architecture import as_int
 from ..data import prompt_ids
 
-__all__ = ["OnPolicy", "OnPolicyData"]
+__all__ = ["OnPolicy", "OnPolicyData", "on_policy_schedule"]
+
+
+def on_policy_schedule(n_batches: int, lmbda: float, regenerate_every: int = 1, seed: int = 0) -> list[str]:
+    """What each of ``n_batches`` batches is: ``"fixed"`` (rows of the fixed data, probability ``1 - lmbda``),
+    ``"generate"`` (a fresh batch of the student's samples) or ``"reuse"`` (the last samples again, while fewer than
+    ``regenerate_every`` steps passed since they were generated). Seeded; :class:`OnPolicyData` follows it."""
+    rng = random.Random(seed)
+    kinds: list[str] = []
+    last: int | None = None
+    for step in range(n_batches):
+        if rng.random() >= lmbda:
+            kinds.append("fixed")
+        elif last is None or step - last >= regenerate_every:
+            kinds.append("generate")
+            last = step
+        else:
+            kinds.append("reuse")
+    return kinds
 
 
 @dataclass
@@ -32,8 +49,8 @@ class OnPolicy:
     """Where on-policy batches come from and how often they are renewed (checked on creation).
 
     ``prompts``: user messages the student answers (chat template applied); ``lmbda``: share of batches that are
-    on-policy (0 = only fixed data, 1 = only the student's samples); ``regenerate_every``: steps a generated pool
-    of samples stays in use; ``max_new_tokens``, ``temperature``, ``top_p``: the student's sampling (GKD samples
+    on-policy (0 = only fixed data, 1 = only the student's samples); ``regenerate_every``: steps a generated batch
+    of samples stays in use (reused by the on-policy batches in between); ``max_new_tokens``, ``temperature``, ``top_p``: the student's sampling (GKD samples
     at temperature 1); ``seed``: the lmbda draws, prompt order and sampling.
     """
 
@@ -84,28 +101,26 @@ class OnPolicyData(torch.utils.data.IterableDataset):
         source.stats = self.stats
 
     def __iter__(self):
-        rng = random.Random(self.source.seed)
         order = list(range(len(self.prompts)))
-        rng.shuffle(order)
+        random.Random(self.source.seed + 1).shuffle(order)
         fixed_order = torch.randperm(len(self.fixed["input_ids"]), generator=torch.Generator().manual_seed(
             self.source.seed)).tolist()
-        pool: list[dict[str, Tensor]] = []
-        pool_step, next_prompt, next_fixed = -math.inf, 0, 0
-        for step in range(self.n_batches):
-            if rng.random() < self.source.lmbda:
-                if len(pool) < self.batch_size or step - pool_step >= self.source.regenerate_every:
-                    size = max(1, round(self.source.lmbda * self.source.regenerate_every)) * self.batch_size
-                    chosen = [order[(next_prompt + i) % len(order)] for i in range(size)]
-                    next_prompt += size
-                    pool, pool_step = self._generate(chosen), step
-                rows, pool = pool[: self.batch_size], pool[self.batch_size:]
-                self.stats["on_policy_batches"] += 1
-            else:
+        samples: list[dict[str, Tensor]] = []
+        next_prompt = next_fixed = 0
+        for kind in on_policy_schedule(self.n_batches, self.source.lmbda, self.source.regenerate_every,
+                                       self.source.seed):
+            if kind == "generate":
+                chosen = [order[(next_prompt + i) % len(order)] for i in range(self.batch_size)]
+                next_prompt += self.batch_size
+                samples = self._generate(chosen)
+            if kind == "fixed":
                 idx = [fixed_order[(next_fixed + i) % len(fixed_order)] for i in range(self.batch_size)]
                 next_fixed += self.batch_size
-                rows = [{k: v[i] for k, v in self.fixed.items()} for i in idx]
                 self.stats["fixed_batches"] += 1
-            yield from rows
+                yield from ({k: v[i] for k, v in self.fixed.items()} for i in idx)
+            else:
+                self.stats["on_policy_batches"] += 1
+                yield from samples
 
     @torch.no_grad()
     def _generate(self, prompt_index: list[int]) -> list[dict[str, Tensor]]:
