@@ -41,6 +41,10 @@ class DistillConfig:
     last_k: int = 4
     embedding_weight: float = 0.0  # > 0 adds the embedding-output loss (kind: hidden_loss or "cosine")
     dynamic_alpha: bool = True  # alpha = L_logits / L_is (detached), else alpha = 1
+    preference_weight: float = 0.0  # > 0 adds DPO with the teacher as reference (rows carry rejected_* answers)
+    preference_beta: float = 0.1  # DPO's beta: scale of the log-ratio margin
+    contrastive_weight: float = 0.0  # > 0 adds in-batch InfoNCE between pooled last-layer states (needs batch >= 2)
+    contrastive_temperature: float = 0.1  # InfoNCE temperature on cosine similarities
     kept_channels: list[int] | None = None  # hidden-pruned student: its channel c was teacher channel
     # kept_channels[c]; the projections then start as that selection matrix (see match_hidden_channels)
     max_steps: int = 100  # optimizer steps
@@ -91,14 +95,22 @@ class DistillConfig:
                                    "layers the hidden-state loss compares, so without hidden_loss it would be ignored")
         if self.last_k < 1:
             raise bad("last_k", "an integer >= 1")
-        for name in ("ce_weight", "hidden_weight", "embedding_weight", "weight_decay", "max_grad_norm"):
+        for name in ("ce_weight", "hidden_weight", "embedding_weight", "weight_decay", "max_grad_norm",
+                     "preference_weight", "contrastive_weight"):
             if getattr(self, name) < 0:
                 raise bad(name, "a number >= 0")
         if self.kept_channels is not None and (not len(self.kept_channels) or min(self.kept_channels) < 0
                                                or len(set(self.kept_channels)) != len(self.kept_channels)):
             raise bad("kept_channels", "None or a non-empty list of distinct teacher channel ids >= 0")
-        if self.loss == "ce" and (self.hidden_loss or self.embedding_weight):
-            raise bad("loss", "a KD loss when hidden_loss or embedding_weight is set ('ce' runs no teacher)")
+        if self.loss == "ce" and (self.hidden_loss or self.embedding_weight or self.preference_weight
+                                  or self.contrastive_weight):
+            raise bad("loss", "a KD loss when hidden_loss, embedding_weight, preference_weight or contrastive_weight "
+                              "is set ('ce' runs no teacher)")
+        if not self.preference_beta > 0 or not self.contrastive_temperature > 0:
+            raise bad("preference_beta" if not self.preference_beta > 0 else "contrastive_temperature", "a number > 0")
+        if self.contrastive_weight and self.batch_size < 2:
+            raise bad("batch_size", "an integer >= 2 with contrastive_weight: in-batch InfoNCE needs other rows as "
+                                    "negatives")
         for name in ("max_steps", "batch_size", "grad_accum", "logging_steps", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
@@ -119,7 +131,7 @@ class DistillConfig:
 
     @property
     def uses_hidden_states(self) -> bool:
-        return self.hidden_loss is not None or self.embedding_weight > 0
+        return self.hidden_loss is not None or self.embedding_weight > 0 or self.contrastive_weight > 0
 
     def check_teacher_cache(self, top_k: int) -> None:
         """Refuse what a teacher-logit cache (the teacher's top-``top_k`` log-probs, no teacher) cannot train."""
@@ -130,9 +142,10 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.loss={self.loss!r} cannot train from a teacher-logit cache: it holds the "
                              f"teacher's top-{top_k} log-probs, which serve loss='forward_kl' only. Use forward_kl, "
                              "or pass the teacher (and no teacher_logits).")
-        if self.uses_hidden_states:
-            raise ValueError("DistillConfig.hidden_loss / embedding_weight need the teacher's hidden states, which a "
-                             "teacher-logit cache does not hold: pass the teacher (and no teacher_logits) for them.")
+        if self.uses_hidden_states or self.preference_weight:
+            raise ValueError("DistillConfig.hidden_loss / embedding_weight / contrastive_weight / preference_weight "
+                             "need the teacher's hidden states or its scores of new answers, which a teacher-logit "
+                             "cache does not hold: pass the teacher (and no teacher_logits) for them.")
         if self.top_k is not None and self.top_k != top_k:
             raise ValueError(f"DistillConfig.top_k={self.top_k} but the teacher-logit cache keeps the top {top_k} "
                              f"tokens: set top_k=None or {top_k}, or build the cache with top_k={self.top_k}.")

@@ -13,7 +13,9 @@ from ..architecture import check_supported
 from .config import DistillConfig, LayerMap, resolve_layer_map
 from .logit_cache import LOGIT_CACHE_KEYS
 
-__all__ = ["validate", "as_inputs"]
+__all__ = ["REJECTED_KEYS", "validate", "as_inputs", "check_preference_rows"]
+
+REJECTED_KEYS = ("rejected_input_ids", "rejected_attention_mask", "rejected_labels")  # preference rows (DPO-style KD)
 
 
 def validate(
@@ -48,7 +50,7 @@ def validate(
     if tokenizer is not None and teacher_tokenizer is not None and \
             tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise ValueError("Student and teacher tokenizers map tokens to different ids; use the teacher's tokenizer.")
-    if not config.uses_hidden_states:
+    if config.hidden_loss is None and not config.embedding_weight:  # no layer map (InfoNCE pools the last state)
         return []
     if config.kept_channels is not None and (len(config.kept_channels) != student.config.hidden_size
                                              or max(config.kept_channels) >= teacher.config.hidden_size):
@@ -69,13 +71,29 @@ def as_inputs(data: Tensor | dict[str, Tensor], vocab_size: int, name: str = "tr
         raise ValueError(f"{name} must be a LongTensor [n_blocks, block_size >= 2], got {got}")
     if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
         raise ValueError(f"{name} has token ids outside [0, {vocab_size}) (the model's vocabulary)")
-    unknown = set(inputs) - {"input_ids", "attention_mask", "labels", *LOGIT_CACHE_KEYS}
+    unknown = set(inputs) - {"input_ids", "attention_mask", "labels", *LOGIT_CACHE_KEYS, *REJECTED_KEYS}
     plain = [v for k, v in inputs.items() if k not in LOGIT_CACHE_KEYS]
     if unknown or any(not isinstance(v, Tensor) or v.shape != ids.shape for v in plain):
         raise ValueError(f"{name}: keys must be input_ids/attention_mask/labels of one shape (and topk_logprobs/"
-                         f"topk_indices of a teacher-logit cache); got {sorted(inputs)}")
+                         f"topk_indices of a teacher-logit cache, or rejected_input_ids/rejected_attention_mask/"
+                         f"rejected_labels of preference rows); got {sorted(inputs)}")
     _check_cache_rows(inputs, ids, vocab_size, name)
     return inputs
+
+
+def check_preference_rows(inputs: dict[str, Tensor], config: DistillConfig, name: str = "train_blocks") -> None:
+    """Preference rows (the student's own answers as "rejected" beside the chosen rows) exactly when the config's
+    ``preference_weight`` uses them, with every row's attention mask and labels (``synthetic.preference_inputs``)."""
+    present = [k for k in REJECTED_KEYS if k in inputs]
+    if config.preference_weight and (len(present) < 3 or "attention_mask" not in inputs or "labels" not in inputs):
+        raise ValueError(f"DistillConfig.preference_weight={config.preference_weight} needs preference rows: "
+                         f"input_ids/attention_mask/labels (chosen) and {'/'.join(REJECTED_KEYS)} (rejected), e.g. "
+                         f"helpers.distill.preference_inputs; {name} has {sorted(inputs)}")
+    if present and not config.preference_weight:
+        raise ValueError(f"{name} carries rejected rows ({present}) but preference_weight is 0: set it (> 0) to use "
+                         "them, or drop them")
+    if present and inputs["rejected_input_ids"].dtype != torch.long:
+        raise ValueError(f"{name}: rejected_input_ids must be a LongTensor")
 
 
 def _check_cache_rows(inputs: dict[str, Tensor], ids: Tensor, vocab_size: int, name: str) -> None:

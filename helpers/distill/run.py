@@ -41,7 +41,7 @@ from ..evaluate import Perplexity
 from ..hardware import best_device, fast_dtype
 from ..models import save_model
 from .config import DistillConfig, LayerMap
-from .inputs import _Blocks, _with_cache, as_inputs, validate
+from .inputs import _Blocks, _with_cache, as_inputs, check_preference_rows, validate
 from .on_policy import OnPolicy, OnPolicyData
 from .trainer import DistillModule, DistillTrainer, PerplexityCallback
 
@@ -129,6 +129,7 @@ def distill(
     train_inputs = as_inputs(_with_cache(train_blocks, teacher_logits), vocab)
     cache_k = train_inputs["topk_indices"].shape[-1] if "topk_indices" in train_inputs else None
     layer_map = validate(student, teacher, config, tokenizer, teacher_tokenizer, cache_top_k=cache_k)
+    check_preference_rows(train_inputs, config)
     teacher = None if cache_k is not None else teacher  # a cached run never touches the teacher
     if on_policy is not None:
         _check_on_policy(on_policy, teacher, config, train_inputs, tokenizer)
@@ -191,7 +192,8 @@ def _module(student: PreTrainedModel, teacher: PreTrainedModel | None, layer_map
         torch.manual_seed(config.seed)
         module = DistillModule(copy.deepcopy(student).float().train().requires_grad_(True), layer_map,
                                teacher.config.hidden_size if teacher is not None else 0,
-                               hidden=config.hidden_loss is not None, embedding=config.embedding_weight > 0)
+                               hidden=config.hidden_loss is not None, embedding=config.embedding_weight > 0,
+                               contrastive=config.contrastive_weight > 0)
         if config.kept_channels is not None:
             for projection in (module.layer_projection, module.embedding_projection):
                 if projection is not None:

@@ -23,7 +23,7 @@ from ..data import ChatPair, chat_examples, pad_examples
 from ..evaluate import generate, model_fingerprint
 from ..io import recover_folder, write_folder_atomically
 
-__all__ = ["GenerationSettings", "sample_answers", "synthetic_pairs", "pair_inputs"]
+__all__ = ["GenerationSettings", "sample_answers", "synthetic_pairs", "pair_inputs", "preference_inputs"]
 
 _FINGERPRINT_FILE = "workbook_fingerprint.json"
 
@@ -103,3 +103,15 @@ def pair_inputs(prompts: list[str], responses: list[str], tokenizer, max_length:
                          f"{len(responses)} responses")
     pairs = [ChatPair(p, r, "", "") for p, r in zip(prompts, responses)]
     return pad_examples(chat_examples(pairs, tokenizer, max_length), tokenizer.pad_token_id, max_length)
+
+
+def preference_inputs(prompts: list[str], chosen: list[str], rejected: list[str], tokenizer, max_length: int
+                      ) -> dict[str, torch.Tensor]:
+    """Preference rows for ``DistillConfig(preference_weight > 0)``: :func:`pair_inputs` of the ``chosen`` answers
+    (e.g. the teacher's) plus ``rejected_input_ids`` / ``rejected_attention_mask`` / ``rejected_labels`` of the
+    ``rejected`` ones (e.g. the student's own), all ``[n, max_length]``, row i answering ``prompts[i]``."""
+    if len(rejected) != len(chosen):
+        raise ValueError(f"need one rejected answer per chosen one, got {len(chosen)} and {len(rejected)}")
+    rows = pair_inputs(prompts, chosen, tokenizer, max_length)
+    other = pair_inputs(prompts, rejected, tokenizer, max_length)
+    return rows | {f"rejected_{k}": v for k, v in other.items()}

@@ -5,11 +5,15 @@ logged during training (:class:`PerplexityCallback`).
 The objective (Minitron: Muralidharan et al. 2024; Sreenivas et al. 2024), per micro-batch::
 
     L = L_logits + alpha * L_is + ce_weight * L_CE         loss in {"forward_kl", "reverse_kl", "jsd"}
+        [+ preference_weight * L_pref + contrastive_weight * L_nce]   (losses/contrastive.py)
     L_is = hidden_weight * L_hidden + embedding_weight * L_embedding
     alpha = L_logits / L_is (detached) if dynamic_alpha else 1
     L = L_CE                                               loss == "ce": plain fine-tuning, no teacher forward
     L_logits = topk_cached_kl(z_s, cache rows) [+ ce]      a teacher-logit cache: no teacher forward either
 
+With ``preference_weight`` the batch also carries ``rejected_input_ids`` / ``rejected_attention_mask`` /
+``rejected_labels`` (the student's own answers): chosen and rejected rows run in one forward of the student and
+one of the teacher; ``L_logits`` and ``L_CE`` use the chosen rows only, ``L_pref`` both.
 ``L_logits`` is masked with the *shifted* labels (position s predicts token s+1; see ``losses.shift_labels``);
 the intermediate losses use the attention mask. Hidden states come from ``output_hidden_states``: student layer
 i is ``hidden_states[i + 1]`` (for the last layer transformers returns the state after the final norm, for
@@ -36,8 +40,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 
 from .config import DistillConfig, LayerMap
-from .losses import (HiddenProjection, causal_lm_loss, dynamic_alpha, embedding_loss, hidden_state_loss,
-                     logit_distillation_loss, shift_labels, topk_cached_kl)
+from .losses import (HiddenProjection, causal_lm_loss, dynamic_alpha, embedding_loss, hidden_state_loss, info_nce,
+                     logit_distillation_loss, masked_mean_pool, preference_loss, preference_margin,
+                     retrieval_accuracy, sequence_logprobs, shift_labels, topk_cached_kl)
 
 __all__ = ["PROJECTIONS_FILE", "DistillModule", "DistillTrainer", "PerplexityCallback"]
 
@@ -51,21 +56,23 @@ PROJECTIONS_FILE = "distill_projections.safetensors"
 class DistillModule(nn.Module):
     """The student plus the projections of its hidden states: the one module the Trainer optimises.
 
-    ``forward`` returns ``{"logits": [B, S, V], "hidden": [[B, S, H_t]] * len(layer_map), "embedding": [B, S, H_t]}``
-    (the last two only when configured). Projections run inside ``forward`` so DDP/FSDP see their gradients.
+    ``forward`` returns ``{"logits": [B, S, V], "hidden": [[B, S, H_t]] * len(layer_map), "embedding": [B, S, H_t],
+    "pooled": [B, H_t]}`` (the last three only when configured). Projections run inside ``forward`` so DDP/FSDP see their gradients.
     """
 
     def __init__(self, student: PreTrainedModel, layer_map: LayerMap, teacher_hidden: int, hidden: bool,
-                 embedding: bool) -> None:
+                 embedding: bool, contrastive: bool = False) -> None:
         super().__init__()
         self.student, self.layer_map = student, layer_map
         width = student.config.hidden_size
         self.layer_projection = HiddenProjection(width, teacher_hidden, len(layer_map)) if hidden else None
         self.embedding_projection = HiddenProjection(width, teacher_hidden, 1) if embedding else None
+        self.contrastive_projection = HiddenProjection(width, teacher_hidden, 1) if contrastive else None
         self._no_split_modules = getattr(student, "_no_split_modules", None)  # FSDP auto-wrap
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Any]:
-        need_states = self.layer_projection is not None or self.embedding_projection is not None
+        need_states = any(p is not None for p in (self.layer_projection, self.embedding_projection,
+                                                   self.contrastive_projection))
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_states,
                            use_cache=False)
         result: dict[str, Any] = {"logits": out.logits}
@@ -73,6 +80,9 @@ class DistillModule(nn.Module):
             result["hidden"] = self.layer_projection([out.hidden_states[s + 1] for s, _ in self.layer_map])
         if self.embedding_projection is not None:
             result["embedding"] = self.embedding_projection([out.hidden_states[0]])[0]
+        if self.contrastive_projection is not None:  # [B, H_t]: the last state, mean-pooled, projected
+            pooled = masked_mean_pool(out.hidden_states[-1], attention_mask)
+            result["pooled"] = self.contrastive_projection([pooled[:, None]])[0][:, 0]
         return result
 
     def projections_state_dict(self) -> dict[str, Tensor]:
@@ -99,8 +109,9 @@ class DistillTrainer(Trainer):
                                 use_cache=False)
 
     def _teacher_loss(self, out: dict[str, Any], parts: dict[str, Tensor], input_ids: Tensor,
-                      attention_mask: Tensor | None, logit_mask: Tensor) -> Tensor:
-        """``L_logits + alpha * L_is`` from a teacher forward on the batch; the parts go into ``parts``."""
+                      attention_mask: Tensor | None, logit_mask: Tensor) -> tuple[Tensor, Any]:
+        """``L_logits + alpha * L_is`` from a teacher forward on the batch (the parts go into ``parts``), and the
+        teacher's output (for the contrastive terms)."""
         cfg = self.distill_config
         teacher_out = self._teacher_forward(input_ids, attention_mask, cfg.uses_hidden_states)
         teacher_logits = teacher_out.logits  # [B, S, V], no grad
@@ -119,18 +130,42 @@ class DistillTrainer(Trainer):
                                                 cfg.hidden_loss or "cosine", attention_mask)
             term = cfg.embedding_weight * parts["embedding"]
             intermediate = term if intermediate is None else intermediate + term
-        del teacher_out
         if intermediate is not None:
             alpha = dynamic_alpha(parts["kd"], intermediate) if cfg.dynamic_alpha else loss.new_ones(())
             parts["alpha"] = alpha
             loss = loss + alpha * intermediate
-        return loss
+        return loss, teacher_out
+
+    def _contrastive_terms(self, out: dict[str, Any], teacher_out: Any, parts: dict[str, Tensor],
+                           all_labels: Tensor, attention_mask: Tensor | None, n_chosen: int) -> Tensor:
+        """``preference_weight * L_pref + contrastive_weight * L_nce`` (losses/contrastive.py); parts logged."""
+        cfg, total = self.distill_config, out["logits"].new_zeros(())
+        if cfg.preference_weight:
+            s_seq = sequence_logprobs(out["logits"], all_labels)  # [2B]: chosen rows, then rejected rows
+            with torch.no_grad():
+                t_seq = sequence_logprobs(teacher_out.logits, all_labels)
+            args = (s_seq[:n_chosen], s_seq[n_chosen:], t_seq[:n_chosen], t_seq[n_chosen:], cfg.preference_beta)
+            parts["preference"] = preference_loss(*args)
+            parts["margin"] = preference_margin(*args).detach().mean()
+            total = total + cfg.preference_weight * parts["preference"]
+        if cfg.contrastive_weight:
+            teacher_pooled = masked_mean_pool(teacher_out.hidden_states[-1].float(), attention_mask)
+            parts["contrastive"] = info_nce(out["pooled"], teacher_pooled, cfg.contrastive_temperature)
+            parts["retrieval"] = retrieval_accuracy(out["pooled"], teacher_pooled)
+            total = total + cfg.contrastive_weight * parts["contrastive"]
+        return total
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Tensor | tuple[Tensor, Any]:
         cfg = self.distill_config
         input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
         labels = inputs.get("labels", input_ids)  # unshifted, -100 = ignore
+        n_chosen, all_labels = len(input_ids), labels
+        if "rejected_input_ids" in inputs:  # chosen and rejected rows in one forward; KD and CE see the chosen only
+            input_ids = torch.cat([input_ids, inputs["rejected_input_ids"]])
+            attention_mask = torch.cat([attention_mask, inputs["rejected_attention_mask"]])
+            all_labels = torch.cat([labels, inputs["rejected_labels"]])
+            labels = torch.cat([labels, torch.full_like(labels, -100)])
         out = model(input_ids=input_ids, attention_mask=attention_mask)
         parts: dict[str, Tensor] = {}
         if cfg.loss == "ce" or cfg.ce_weight > 0:
@@ -146,7 +181,10 @@ class DistillTrainer(Trainer):
                     inputs["topk_indices"], mask=logit_mask, temperature=cfg.temperature,
                     renormalize_student=cfg.renormalize_student)
             else:
-                loss = self._teacher_loss(out, parts, input_ids, attention_mask, logit_mask)
+                loss, teacher_out = self._teacher_loss(out, parts, input_ids, attention_mask, logit_mask)
+                if cfg.preference_weight or cfg.contrastive_weight:
+                    loss = loss + self._contrastive_terms(out, teacher_out, parts, all_labels, attention_mask, n_chosen)
+                del teacher_out
             if cfg.ce_weight > 0:
                 loss = loss + cfg.ce_weight * parts["ce"]
         if not torch.isfinite(loss):

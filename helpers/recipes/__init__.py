@@ -1,10 +1,13 @@
-"""Recipes: compositions of the stages. Today the shared pruned students every later notebook starts from.
+"""Recipes: compositions of the stages: the shared pruned students every later notebook starts from, and the
+evaluation that puts healed students side by side (``healing.py``).
 
-``from helpers.recipes import load_or_build_student, student_name``.
+``from helpers.recipes import load_or_build_student, student_name, evaluate_healed``.
 """
 
+from .healing import Baseline, HealedRow, evaluate_healed, healed_table, healed_verdicts, save_healed
 from .students import (DEPTH_CRITERION, STUDENT_KINDS, TARGET_RATIO, WIDTH_AXES, build_student,
                        load_or_build_student, save_student, student_name, target_architectures)
 
 __all__ = ["STUDENT_KINDS", "TARGET_RATIO", "DEPTH_CRITERION", "WIDTH_AXES", "student_name", "target_architectures",
-           "build_student", "save_student", "load_or_build_student"]
+           "build_student", "save_student", "load_or_build_student", "Baseline", "HealedRow", "evaluate_healed",
+           "healed_verdicts", "healed_table", "save_healed"]
