@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .losses import HIDDEN_LOSSES, LOGIT_LOSSES
+from .losses import HIDDEN_LOSSES, LOGIT_LOSSES, TAID_SCHEDULES
 
 __all__ = ["LOSSES", "LayerMap", "DistillConfig", "last_k_layer_map", "uniform_layer_map", "resolve_layer_map"]
 
@@ -45,6 +45,8 @@ class DistillConfig:
     preference_beta: float = 0.1  # DPO's beta: scale of the log-ratio margin
     contrastive_weight: float = 0.0  # > 0 adds in-batch InfoNCE between pooled last-layer states (needs batch >= 2)
     contrastive_temperature: float = 0.1  # InfoNCE temperature on cosine similarities
+    taid: str | None = None  # None | "linear" | "adaptive": distil a target moving from the student to the teacher
+    taid_t_start: float = 0.4  # TAID's interpolation weight of the teacher at step 0 (rises to 1)
     kept_channels: list[int] | None = None  # hidden-pruned student: its channel c was teacher channel
     # kept_channels[c]; the projections then start as that selection matrix (see match_hidden_channels)
     max_steps: int = 100  # optimizer steps
@@ -106,6 +108,12 @@ class DistillConfig:
                                   or self.contrastive_weight):
             raise bad("loss", "a KD loss when hidden_loss, embedding_weight, preference_weight or contrastive_weight "
                               "is set ('ce' runs no teacher)")
+        if self.taid is not None and (self.taid not in TAID_SCHEDULES or self.loss != "forward_kl"
+                                      or self.top_k is not None or not 0 <= self.taid_t_start < 1):
+            raise bad("taid", f"None or one of {TAID_SCHEDULES} with loss='forward_kl', top_k=None and "
+                              "0 <= taid_t_start < 1 (the moving target replaces the teacher's full distribution)")
+        if self.taid is not None and self.resume_from_checkpoint:
+            raise bad("resume_from_checkpoint", "None with taid: the schedule's state is not in checkpoints yet")
         if not self.preference_beta > 0 or not self.contrastive_temperature > 0:
             raise bad("preference_beta" if not self.preference_beta > 0 else "contrastive_temperature", "a number > 0")
         if self.contrastive_weight and self.batch_size < 2:
@@ -142,10 +150,10 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.loss={self.loss!r} cannot train from a teacher-logit cache: it holds the "
                              f"teacher's top-{top_k} log-probs, which serve loss='forward_kl' only. Use forward_kl, "
                              "or pass the teacher (and no teacher_logits).")
-        if self.uses_hidden_states or self.preference_weight:
-            raise ValueError("DistillConfig.hidden_loss / embedding_weight / contrastive_weight / preference_weight "
-                             "need the teacher's hidden states or its scores of new answers, which a teacher-logit "
-                             "cache does not hold: pass the teacher (and no teacher_logits) for them.")
+        if self.uses_hidden_states or self.preference_weight or self.taid:
+            raise ValueError("DistillConfig.hidden_loss / embedding_weight / contrastive_weight / preference_weight / "
+                             "taid need the teacher's hidden states, its scores of new answers or its full logits, "
+                             "which a teacher-logit cache does not hold: pass the teacher (and no teacher_logits).")
         if self.top_k is not None and self.top_k != top_k:
             raise ValueError(f"DistillConfig.top_k={self.top_k} but the teacher-logit cache keeps the top {top_k} "
                              f"tokens: set top_k=None or {top_k}, or build the cache with top_k={self.top_k}.")

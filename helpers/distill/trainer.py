@@ -42,7 +42,8 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback
 from .config import DistillConfig, LayerMap
 from .losses import (HiddenProjection, causal_lm_loss, dynamic_alpha, embedding_loss, hidden_state_loss, info_nce,
                      logit_distillation_loss, masked_mean_pool, preference_loss, preference_margin,
-                     retrieval_accuracy, sequence_logprobs, shift_labels, topk_cached_kl)
+                     retrieval_accuracy, sequence_logprobs, shift_labels, taid_target, topk_cached_kl)
+from .losses import TaidSchedule
 
 __all__ = ["PROJECTIONS_FILE", "DistillModule", "DistillTrainer", "PerplexityCallback"]
 
@@ -101,6 +102,11 @@ class DistillTrainer(Trainer):
         self._parts: dict[str, float] = defaultdict(float)
         self._parts_n = 0
         self.layer_map: LayerMap = self.accelerator.unwrap_model(self.model).layer_map
+        self.taid = TaidSchedule(distill_config.max_steps, distill_config.taid, distill_config.taid_t_start) \
+            if distill_config.taid else None
+        self._taid_losses: list[float] = []
+        if self.taid is not None:
+            self.add_callback(_TaidStep(self))
 
     def _teacher_forward(self, input_ids: Tensor, attention_mask: Tensor | None, hidden: bool) -> Any:
         low_precision = next(self.teacher.parameters()).dtype in (torch.bfloat16, torch.float16)
@@ -117,6 +123,9 @@ class DistillTrainer(Trainer):
         teacher_logits = teacher_out.logits  # [B, S, V], no grad
         if cfg.teacher_temperature != 1.0:
             teacher_logits = teacher_logits / cfg.teacher_temperature
+        if self.taid is not None:  # TAID: a target between the student's own distribution and the teacher's
+            parts["taid_t"] = out["logits"].new_tensor(self.taid.t)
+            teacher_logits = taid_target(out["logits"], teacher_logits, self.taid.t)
         parts["kd"] = loss = logit_distillation_loss(
             out["logits"], teacher_logits, cfg.loss, mask=logit_mask, temperature=cfg.temperature,
             beta=cfg.jsd_beta, top_k=cfg.top_k, renormalize_student=cfg.renormalize_student)
@@ -195,6 +204,8 @@ class DistillTrainer(Trainer):
         for k, v in parts.items():
             self._parts[k] += v.item()
         self._parts_n += 1
+        if self.taid is not None:
+            self._taid_losses.append(parts["kd"].item())
         return (loss, out) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -246,6 +257,19 @@ class DistillTrainer(Trainer):
             raise ValueError(f"Checkpoint {folder} has projections {sorted(found)}, this run needs {sorted(expected)} "
                              "(resume with the same hidden_loss / embedding_weight / layer_map)")
         module.load_state_dict(found, strict=False)
+
+
+class _TaidStep(TrainerCallback):
+    """Moves TAID's ``t`` after every optimizer step, from that step's mean KD loss (``losses.TaidSchedule``)."""
+
+    def __init__(self, trainer: DistillTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        losses = self.trainer._taid_losses
+        if losses:
+            self.trainer.taid.update(sum(losses) / len(losses), state.global_step)
+            losses.clear()
 
 
 class PerplexityCallback(TrainerCallback):
