@@ -47,6 +47,7 @@ class DistillConfig:
     contrastive_temperature: float = 0.1  # InfoNCE temperature on cosine similarities
     taid: str | None = None  # None | "linear" | "adaptive": distil a target moving from the student to the teacher
     taid_t_start: float = 0.4  # TAID's interpolation weight of the teacher at step 0 (rises to 1)
+    taid_alpha: float = 5e-4  # TAID's adaptive step size (its default suits long runs; short runs need more)
     kept_channels: list[int] | None = None  # hidden-pruned student: its channel c was teacher channel
     # kept_channels[c]; the projections then start as that selection matrix (see match_hidden_channels)
     max_steps: int = 100  # optimizer steps
@@ -109,9 +110,11 @@ class DistillConfig:
             raise bad("loss", "a KD loss when hidden_loss, embedding_weight, preference_weight or contrastive_weight "
                               "is set ('ce' runs no teacher)")
         if self.taid is not None and (self.taid not in TAID_SCHEDULES or self.loss != "forward_kl"
-                                      or self.top_k is not None or not 0 <= self.taid_t_start < 1):
+                                      or self.top_k is not None or not 0 <= self.taid_t_start < 1
+                                      or not 0 <= self.taid_alpha <= 1):
             raise bad("taid", f"None or one of {TAID_SCHEDULES} with loss='forward_kl', top_k=None and "
-                              "0 <= taid_t_start < 1 (the moving target replaces the teacher's full distribution)")
+                              "0 <= taid_t_start < 1, 0 <= taid_alpha <= 1 (the moving target replaces the teacher's full "
+                              "distribution)")
         if self.taid is not None and self.resume_from_checkpoint:
             raise bad("resume_from_checkpoint", "None with taid: the schedule's state is not in checkpoints yet")
         if not self.preference_beta > 0 or not self.contrastive_temperature > 0:

@@ -102,8 +102,8 @@ class DistillTrainer(Trainer):
         self._parts: dict[str, float] = defaultdict(float)
         self._parts_n = 0
         self.layer_map: LayerMap = self.accelerator.unwrap_model(self.model).layer_map
-        self.taid = TaidSchedule(distill_config.max_steps, distill_config.taid, distill_config.taid_t_start) \
-            if distill_config.taid else None
+        self.taid = TaidSchedule(distill_config.max_steps, distill_config.taid, distill_config.taid_t_start,
+                                 alpha=distill_config.taid_alpha) if distill_config.taid else None
         self._taid_losses: list[float] = []
         if self.taid is not None:
             self.add_callback(_TaidStep(self))

@@ -1,0 +1,56 @@
+"""Recipes shared by the variant notebooks 06-08: healed students side by side, teacher answers, assistants."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import distill as D
+from helpers import evaluate as E
+from helpers import recipes as R
+from helpers.pruning import count_parameters
+from tests.test_models import tiny_tokenizer
+
+PROMPTS = ["t5 t6", "t7 t8 t9", "t10"]
+
+
+def test_assistant_holds_the_student_and_prunes_to_it(tiny_model, tiny_batches):
+    teacher = tiny_model()
+    student = {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4}
+    sizes = R.assistant_sizes(teacher.config, student, ratio=0.8, tolerance=0.3)
+    assert all(sizes[k] >= student[k] for k in student)
+    assistant = R.prune_width_to(teacher, tiny_batches, sizes)
+    assert count_parameters(assistant.config) < count_parameters(teacher.config)
+    pruned = R.prune_width_to(assistant, tiny_batches, student)
+    assert {k: getattr(pruned.config, k) for k in student} == student
+    with pytest.raises(ValueError, match="keeps every axis|No width candidate"):
+        R.assistant_sizes(teacher.config, {**student, "hidden_size": 64, "intermediate_size": 128}, 0.5, 0.05)
+
+
+def test_healed_students_evaluated_compared_and_saved(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    teacher, pruned, tok = tiny_model(seed=0), tiny_model(seed=1), tiny_tokenizer()
+    blocks = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    cfg = D.DistillConfig(max_steps=2, batch_size=2, disable_tqdm=True, bf16=False, eval_at_start=False)
+    results = {name: D.distill(pruned, teacher, blocks, D.DistillConfig(**{**cfg.__dict__, "seed": seed}),
+                               eval_blocks=blocks, tokenizer=tok) for name, seed in (("a", 0), ("b", 1))}
+    base = {name: R.Baseline(E.perplexity(m, blocks), E.perplexity(m, blocks)) for name, m in
+            (("teacher", teacher), ("pruned", pruned))}
+    rows = R.evaluate_healed(results, teacher, pruned, tok, blocks, PROMPTS, 4, base["teacher"], base["pruned"])
+    assert list(rows) == ["teacher", "pruned", "a", "b"] and len(rows["a"].answers) == len(PROMPTS)
+    assert rows["a"].corpus == results["a"].final_eval and rows["a"].tokens_seen == results["a"].tokens_seen
+    verdicts = R.healed_verdicts(rows, "a", ["a", "b"])
+    assert set(verdicts) == {"b vs a, corpus", "b vs a, real text", "b vs a, teacher ppl of the answers"}
+    table = R.healed_table(rows)
+    assert table.count("\n") == 4 and "teacher logp" in table
+    paths = R.save_healed(results, rows, {"a": "tiny_a", "b": "tiny_b"}, tok, "parent", "nb", 123,
+                          {"a": {"extra_field": 1}})
+    recipe = json.loads((paths["a"] / "recipe.json").read_text())
+    assert recipe["method"] == "a" and recipe["parent"] == "parent"
+    from helpers.workbook import load_metrics
+    recorded = load_metrics()
+    assert recorded["tiny_a"]["extra_field"] == 1 and recorded["tiny_b"]["params"] == 123
+    with pytest.raises(ValueError, match="reference"):
+        R.healed_verdicts(rows, "missing", ["a"])
