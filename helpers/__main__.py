@@ -1,7 +1,8 @@
 """``python -m helpers <command>``: the workbook's command line.
 
 Commands: ``run`` (every notebook headless, with estimates; what ``make run`` calls), ``corpus`` (build the embedded
-corpus with the teacher, resumable) and ``report`` (the results table and figures of the last run).
+corpus with the teacher, resumable), ``report`` (the results table and figures of the last run) and ``shrink``
+(the recipe as one command: prune, distil, evaluate, save; runs under ``accelerate launch`` too).
 ``python -m helpers <command> --help`` documents each.
 """
 
@@ -12,7 +13,8 @@ import sys
 
 COMMANDS = {"run": "run the notebooks headless at a scale (estimates first, reuses finished ones, stops on failure)",
             "corpus": "build the embedded corpus with the teacher (resumable)",
-            "report": "write runs/<scale>/report.md from the recorded metrics (laptop: also the README block)"}
+            "report": "write runs/<scale>/report.md from the recorded metrics (laptop: also the README block)",
+            "shrink": "prune a teacher to a target size and distil it: one stock checkpoint (also under accelerate)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
+    if command == "shrink":
+        from .recipes.shrink import main as shrink
+        return shrink(rest)
     if command == "corpus":
         from .data.corpus import main as corpus
         return corpus(rest)

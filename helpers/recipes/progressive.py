@@ -18,7 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..importance import estimate_importance
 from ..pruning import candidate_architectures, count_parameters, prune_width
-from .students import WIDTH_AXES
+from .students import WIDTH_AXES, _unevenness
 
 __all__ = ["width_sizes", "assistant_sizes", "prune_width_to"]
 
@@ -42,12 +42,7 @@ def assistant_sizes(config: PretrainedConfig, student: dict[str, int], ratio: fl
     if not fits:
         raise ValueError(f"No width candidate within {tolerance:.0%} of {target:,} parameters ({ratio:.0%} of the "
                          f"teacher) keeps every axis at least the student's {student}: raise ratio or tolerance")
-
-    def unevenness(c: dict[str, Any]) -> float:
-        fractions = [c[a] / getattr(config, a) for a in WIDTH_AXES]
-        return max(fractions) - min(fractions)
-
-    return width_sizes(min(fits, key=lambda c: (round(abs(c["error"]), 2), round(unevenness(c), 2))))
+    return width_sizes(min(fits, key=lambda c: (round(abs(c["error"]), 2), round(_unevenness(config, c), 2))))
 
 
 def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: dict[str, int]) -> PreTrainedModel:

@@ -53,12 +53,14 @@ def target_architectures(config: PretrainedConfig, ratio: float = TARGET_RATIO) 
     if not width or not depth:
         raise ValueError(f"No width or depth candidate within tolerance of {target:,} parameters.")
 
-    def unevenness(c: dict[str, Any]) -> float:
-        fractions = [c[a] / getattr(config, a) for a in WIDTH_AXES]
-        return max(fractions) - min(fractions)
-
-    best_width = min(width, key=lambda c: (round(unevenness(c), 2), abs(c["error"])))
+    best_width = min(width, key=lambda c: (round(_unevenness(config, c), 2), abs(c["error"])))
     return {"width": best_width, "depth": depth[0]}
+
+
+def _unevenness(config: PretrainedConfig, candidate: dict[str, Any]) -> float:
+    """Spread of the keep-fractions of hidden size, MLP size and query heads (0 = every axis shrinks alike)."""
+    fractions = [candidate[a] / getattr(config, a) for a in WIDTH_AXES]
+    return max(fractions) - min(fractions)
 
 
 def build_student(
