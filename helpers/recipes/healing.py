@@ -107,12 +107,13 @@ def healed_table(rows: dict[str, HealedRow], teacher: str = "teacher") -> str:
     log-prob per answer token, top-1 agreement, mean answer length, training tokens."""
     base = rows[teacher].corpus.ppl
     pct = lambda x: f"{x:8.1%}" if x is not None else f"{'':>8}"  # noqa: E731
-    lines = [f"{'':>14} {'corpus ppl':>10} {'x teacher':>9} {'recovery':>8} {'real text':>9} {'recovery':>8} "
+    w = max(14, *(len(name) for name in rows))
+    lines = [f"{'':>{w}} {'corpus ppl':>10} {'x teacher':>9} {'recovery':>8} {'real text':>9} {'recovery':>8} "
              f"{'teacher logp':>12} {'top-1':>6} {'answer len':>10} {'tokens':>8}"]
     for name, r in rows.items():
         tokens = f"{r.tokens_seen:8,}" if r.tokens_seen else f"{'':>8}"
         recs = (None, None) if name in (teacher, "pruned") else (r.recovery, r.realtext_recovery)
-        lines.append(f"{name:>14} {r.corpus.ppl:10.2f} {r.corpus.ppl / base:9.1f} {pct(recs[0])} {r.realtext.ppl:9.2f} "
+        lines.append(f"{name:>{w}} {r.corpus.ppl:10.2f} {r.corpus.ppl / base:9.1f} {pct(recs[0])} {r.realtext.ppl:9.2f} "
                      f"{pct(recs[1])} {r.agreement.logprob:12.2f} {r.agreement.top1:6.1%} "
                      f"{r.agreement.mean_tokens:10.1f} {tokens}")
     return "\n".join(lines)
