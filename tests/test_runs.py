@@ -36,9 +36,10 @@ def test_results_table_formats_and_marks_missing_values(tmp_path, monkeypatch):
     lines = runs.results_table(report.COLUMNS).splitlines()
     assert lines[0] == "| model | " + " | ".join(report.COLUMNS) + " |"
     teacher, student = lines[2], lines[3]
-    assert teacher == "| teacher | 00_teacher_tour | 134,515,008 | 8.26 | – | – | – | 31.2 | 812.5 | – |"
-    assert student == ("| width 60% | 04_logit_distillation | 81,000,000 | 11.50 | 19.00 | 1.39 | 87.3% | – | – "
-                       "| 1,048,576 |")
+    # parent, method and non-embedding parameters: "–" without a saved checkpoint
+    assert teacher == "| teacher | 00_teacher_tour | – | – | 134,515,008 | – | 8.26 | – | – | – | 31.2 | 812.5 | – |"
+    assert student == ("| width 60% | 04_logit_distillation | – | – | 81,000,000 | – | 11.50 | 19.00 | 1.39 | 87.3% | – "
+                       "| – | 1,048,576 |")
     assert all("|  |" not in line for line in lines[2:])  # no empty cell
 
 
@@ -65,3 +66,31 @@ def test_report_writes_the_csv(tmp_path, monkeypatch):
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["model"] for r in csv.DictReader(f)] == ["teacher", "width 60%"]
     assert "87.3%" in (tmp_path / "report.md").read_text()
+
+
+def test_report_rows_name_parent_method_and_non_embedding_params_and_every_model_reloads(tiny_model, tmp_path,
+                                                                                            monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from helpers.models import save_model
+    from helpers.workbook import model_dir, model_facts, record_metrics
+    from tests.test_models import tiny_tokenizer
+
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    monkeypatch.setenv("WORKBOOK_SCALE", "smoke")
+    model = tiny_model()
+    params = sum(p.numel() for p in model.parameters())
+    save_model(model, tiny_tokenizer(), model_dir("tiny_healed"), {"parent": "/x/width_pruned", "steps": [{"method": "distill"}]})
+    record_metrics("tiny_healed", "nb", {"params": params, "heldout_ppl": 9.5})
+    record_metrics("teacher", "nb", {"params": 10, "heldout_ppl": 8.0})  # no checkpoint: facts stay empty
+    assert model_facts("teacher") == {}
+    assert report.main() == 0
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    healed = rows["tiny_healed"]
+    assert (healed["parent"], healed["method"]) == ("width_pruned", "distill")
+    assert int(healed["non_embedding_params"]) == params - 128 * 64  # tied embedding counted once
+    assert rows["teacher"]["parent"] == ""
+    for name in rows:  # every model the table lists with a checkpoint reloads with stock transformers
+        if (model_dir(name) / "config.json").is_file():
+            AutoModelForCausalLM.from_pretrained(model_dir(name))

@@ -24,8 +24,8 @@ __all__ = ["COLUMNS", "machine_line", "durations_table", "build_report", "update
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # every model: size, corpus and real-text perplexity, ratio to the teacher, log-space recovery, speed, memory, tokens
-COLUMNS = ("notebook", "params", "heldout_ppl", "realtext_ppl", "ppl_ratio", "log_recovery", "decode_tokens_per_s",
-           "peak_memory_mib", "tokens_seen")
+COLUMNS = ("notebook", "parent", "method", "params", "non_embedding_params", "heldout_ppl", "realtext_ppl", "ppl_ratio",
+           "log_recovery", "decode_tokens_per_s", "peak_memory_mib", "tokens_seen")
 
 
 def durations_table() -> str:
@@ -60,7 +60,8 @@ def build_report(current: str) -> str:
         "",
         results_table(COLUMNS),
         "",
-        "`ppl_ratio`: perplexity over the teacher's; `log_recovery`: share of the pruning damage recovered, in "
+        "`parent` / `method`: from each checkpoint's recipe.json; `non_embedding_params`: without the embedding "
+        "(and LM head when untied); `ppl_ratio`: perplexity over the teacher's; `log_recovery`: share of the pruning damage recovered, in "
         "log-perplexity (100% = the teacher); decode speed and peak memory at batch 1 (`helpers/evaluate/speed.py`); "
         "– = not measured for that model.",
     ]

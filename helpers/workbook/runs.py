@@ -19,7 +19,7 @@ from ..io import repo_root, write_json_atomically, write_text_atomically
 from .scales import scale
 
 __all__ = ["runs_dir", "model_dir", "metrics_path", "load_metrics", "record_metrics", "record_baseline",
-           "results_table", "results_rows", "write_results_csv"]
+           "model_facts", "results_table", "results_rows", "write_results_csv"]
 
 _MISSING = "–"  # an en dash: the cell of a value a model has no record of
 _DEFAULT_COLUMNS = ("notebook", "params", "heldout_ppl", "tokens_seen")
@@ -76,9 +76,33 @@ def record_baseline(name: str, notebook: str, params: int, ppl: Any) -> str:
     return key
 
 
+def model_facts(name: str, params: int | None = None) -> dict[str, Any]:
+    """What the saved checkpoint ``models/<name>`` says of itself: ``parent`` and ``method`` (its recipe.json: the
+    last step's method), ``non_embedding_params`` (``params`` less the embedding and, when untied, the LM head, from
+    its config.json) and ``path``; ``{}`` when no checkpoint was saved under that name."""
+    folder = model_dir(name)
+    try:
+        recipe = json.loads((folder / "recipe.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    steps = recipe.get("steps") or [{}]
+    facts = {"parent": Path(str(recipe.get("parent", ""))).name or None, "path": str(folder),
+             "method": recipe.get("method") or steps[-1].get("method")}
+    if params is not None and {"vocab_size", "hidden_size"} <= set(config):
+        embeddings = config["vocab_size"] * config["hidden_size"]
+        facts["non_embedding_params"] = params - embeddings * (1 if config.get("tie_word_embeddings", True) else 2)
+    return facts
+
+
 def results_rows(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> list[dict[str, Any]]:
-    """Every recorded model as a plain dict ``{"model": name, column: value, ...}``; ``None`` where not recorded."""
-    return [{"model": name, **{c: rec.get(c) for c in columns}} for name, rec in load_metrics().items()]
+    """Every recorded model as a plain dict ``{"model": name, column: value, ...}``; ``None`` where not recorded.
+    Columns ``parent``, ``method``, ``non_embedding_params`` fall back on the saved checkpoint (:func:`model_facts`)."""
+    rows = []
+    for name, rec in load_metrics().items():
+        facts = model_facts(name, rec.get("params")) if {"parent", "method", "non_embedding_params"} & set(columns) else {}
+        rows.append({"model": name, **{c: rec.get(c, facts.get(c)) for c in columns}})
+    return rows
 
 
 def _cell(column: str, value: Any) -> str:
