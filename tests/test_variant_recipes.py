@@ -54,3 +54,55 @@ def test_healed_students_evaluated_compared_and_saved(tiny_model, tmp_path, monk
     assert recorded["tiny_a"]["extra_field"] == 1 and recorded["tiny_b"]["params"] == 123
     with pytest.raises(ValueError, match="reference"):
         R.healed_verdicts(rows, "missing", ["a"])
+
+
+def _ppl(window_nll, tokens=10):
+    import math
+
+    total = sum(window_nll)
+    n = tokens * len(window_nll)
+    return E.Perplexity(math.exp(total / n), total / n, n, len(window_nll), 16, tuple(window_nll), (tokens,) * len(window_nll))
+
+
+def test_claim_verdicts_read_the_paired_comparison():
+    good, bad = _ppl([10.0, 11.0, 12.0, 10.5, 11.5, 10.2]), _ppl([20.0, 21.0, 22.0, 20.5, 21.5, 20.2])
+    noisy = _ppl([10.0, 30.0, 12.0, 5.0, 21.5, 10.2])
+    better = R.Claim("a beats b", "a", "b")
+    assert R.claim_verdict(better, good, bad)[0] == "agrees"
+    assert R.claim_verdict(better, bad, good)[0] == "disagrees"
+    assert R.claim_verdict(better, good, noisy)[0] == "within noise"
+    no_gain = R.Claim("adding x to b does not help", "a", "b", prediction="no_gain")
+    assert R.claim_verdict(no_gain, good, bad)[0] == "disagrees"
+    assert R.claim_verdict(no_gain, bad, good)[0] == "agrees"
+    with pytest.raises(ValueError, match="prediction"):
+        R.Claim("x", "a", "b", prediction="maybe")
+
+
+def test_scratch_model_has_the_architecture_and_a_fresh_init(tiny_model):
+    like = tiny_model()
+    scratch = R.scratch_model(like, seed=3)
+    assert scratch.config.to_dict() == like.config.to_dict()
+    assert [p.shape for p in scratch.parameters()] == [p.shape for p in like.parameters()]
+    assert not torch.equal(scratch.model.layers[0].mlp.up_proj.weight, like.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(R.scratch_model(like, seed=3).state_dict(), scratch.state_dict())
+    before = torch.random.get_rng_state()
+    R.scratch_model(like, seed=4)
+    assert torch.equal(before, torch.random.get_rng_state())  # the global RNG is untouched
+
+
+def test_iterative_depth_pruning_reaches_the_target(tiny_model, tiny_batches):
+    model = tiny_model(num_hidden_layers=6)
+    pruned = R.prune_depth_iteratively(model, tiny_batches[:1], num_layers=3, steps=3)
+    assert pruned.config.num_hidden_layers == 3 and model.config.num_hidden_layers == 6
+    with pytest.raises(ValueError, match="num_layers"):
+        R.prune_depth_iteratively(model, tiny_batches[:1], num_layers=6, steps=2)
+
+
+def test_ensure_models_runs_nothing_when_every_model_is_there(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    from helpers.models import save_model
+    from helpers.workbook import model_dir
+
+    save_model(tiny_model(), tiny_tokenizer(), model_dir("m"), {"parent": "x", "steps": []})
+    monkeypatch.setattr("helpers.workbook.runner.run_notebooks", lambda *a, **k: pytest.fail("nothing should run"))
+    assert R.ensure_models({"04_logit_distillation.ipynb": ["m"]}, "smoke") == []
