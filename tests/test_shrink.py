@@ -100,3 +100,26 @@ def test_shrink_on_the_embedded_teacher(tmp_path):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["parent"] == "smollm2-135m-instruct" and 0.55 < recipe["metrics"]["params"] / recipe["metrics"]["teacher_params"] < 0.65
     assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size < 576
+
+
+def test_an_interrupted_shrink_resumes_from_its_checkpoints(tiny_setup, tmp_path, monkeypatch):
+    folder, text = tiny_setup
+    args = [*_args(folder, text, tmp_path / "resumed", batch_size=2), "--save-steps", "1"]
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr("helpers.distill.save_distilled", crash)
+    with pytest.raises(KeyboardInterrupt):
+        S.main(args)
+    checkpoints = tmp_path / ".resumed.checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*"))[-1] == "checkpoint-3"
+    assert not (tmp_path / "resumed").exists()  # nothing half-written under the final name
+    monkeypatch.undo()
+    assert S.main([*args, "--resume"]) == 0
+    assert S.main(_args(folder, text, tmp_path / "straight", batch_size=2)) == 0
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed").state_dict()
+    straight = AutoModelForCausalLM.from_pretrained(tmp_path / "straight").state_dict()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], msg=name)
+    assert not checkpoints.exists()

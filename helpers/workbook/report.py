@@ -65,6 +65,10 @@ def build_report(current: str) -> str:
         "log-perplexity (100% = the teacher); decode speed and peak memory at batch 1 (`helpers/evaluate/speed.py`); "
         "– = not measured for that model.",
     ]
+    lab = runs_dir() / "lab_verdicts.md"
+    if lab.is_file():  # notebook 10's claims with their computed verdicts
+        parts += ["", "Best-practice claims tested by notebook 10 (agrees / disagrees / within noise):", "",
+                  lab.read_text().strip()]
     if durations := durations_table():
         parts += ["", "Notebook run times on this machine:", "", durations]
     if figures:
