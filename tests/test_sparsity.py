@@ -88,3 +88,35 @@ def test_sparse_export_reloads_with_the_same_logits_and_zeros(tiny_model, tmp_pa
 def test_bad_sparsity_values_fail_clearly(tiny_model, call, match):
     with pytest.raises(ValueError, match=match):
         call(tiny_model())
+
+
+def test_imp_rounds_prune_the_survivors_and_random_masks_match_the_counts(tiny_model):
+    model = tiny_model()
+    full = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in S.linear_weights(model).items()}
+    first = S.imp_masks(model, full, 0.2)
+    second = S.imp_masks(model, first, 0.2)
+    total = sum(m.numel() for m in full.values())
+    kept1, kept2 = (sum(int(m.sum()) for m in ms.values()) for ms in (first, second))
+    assert kept1 == pytest.approx(0.8 * total, abs=2) and kept2 == pytest.approx(0.64 * total, abs=2)
+    assert all(torch.equal(second[n] & ~first[n], torch.zeros_like(first[n])) for n in first)  # nothing revives
+    shuffled = S.random_masks_like(second, seed=1)
+    assert all(int(shuffled[n].sum()) == int(second[n].sum()) for n in second)
+    assert any(not torch.equal(shuffled[n], second[n]) for n in second)
+
+
+def test_lottery_tickets_train_every_kind_at_growing_sparsity(tiny_model):
+    from helpers import recipes as R
+
+    teacher = tiny_model()
+    small = R.small_model(teacher.config, seed=0, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    assert small.config.vocab_size == teacher.config.vocab_size and small.config.hidden_size == 32
+    blocks = torch.randint(3, 128, (16, 16), generator=torch.Generator().manual_seed(0))
+    results = R.lottery_tickets(small, blocks, blocks[:4], steps=4, rounds=2, rate=0.5, rewind_step=1, batch_size=4)
+    assert [(r.kind, r.round) for r in results] == [("dense", 0)] + [(k, r) for r in (1, 2) for k in R.TICKET_KINDS]
+    by = {(r.kind, r.round): r for r in results}
+    for kind in R.TICKET_KINDS:
+        assert by[(kind, 1)].sparsity == pytest.approx(0.5, abs=0.02) and by[(kind, 2)].sparsity == pytest.approx(0.75, abs=0.02)
+    assert all(r.eval.n_windows == 4 for r in results)
+    with pytest.raises(ValueError, match="rewind_step"):
+        R.lottery_tickets(small, blocks, blocks[:4], steps=4, rounds=1, rewind_step=4)

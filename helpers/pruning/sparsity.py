@@ -7,7 +7,9 @@ Unlike width and depth pruning (new, smaller matrices), these masks zero single 
 - magnitude: score ``|W|`` (Han et al. 2015), pruned per layer (each matrix at the same sparsity) or globally;
 - Wanda (Sun et al. 2023, Eq. 1): score ``|W_ij| * ||X_j||_2``, the weight times the L2 norm of its input feature over
   the calibration tokens, compared within each output row (the paper's per-output comparison group);
-- N:M (2:4 in NVIDIA's sparse tensor cores): in every group of M consecutive inputs of a row, keep the N largest scores.
+- N:M (2:4 in NVIDIA's sparse tensor cores): in every group of M consecutive inputs of a row, keep the N largest scores;
+- lottery tickets: :func:`imp_masks` is one round of iterative magnitude pruning over the surviving weights,
+  :func:`random_masks_like` the random-mask control at the same per-matrix sparsity.
 
 :class:`MaskKeeper` re-applies masks after every optimizer step, so ``distill`` (or any Trainer) trains with the zeros
 held; :func:`sparsity_report` counts zeros per matrix and in total; :func:`apply_masks` returns a masked copy, which
@@ -26,7 +28,7 @@ from transformers import PreTrainedModel, TrainerCallback
 from .. import architecture as arch
 
 __all__ = ["SPARSE_ROLES", "linear_weights", "magnitude_masks", "input_norms", "wanda_scores", "wanda_masks", "nm_masks",
-           "apply_masks", "sparsity_report", "MaskKeeper"]
+           "imp_masks", "random_masks_like", "apply_masks", "sparsity_report", "MaskKeeper"]
 
 SPARSE_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 Masks = dict[str, Tensor]
@@ -123,6 +125,30 @@ def nm_masks(model: PreTrainedModel, n: int = 2, m: int = 4, scores: dict[str, T
         groups = s.view(out_f, in_f // m, m)
         masks[name] = _keep_top(groups, m - n, dim=2).view(out_f, in_f)
     return masks
+
+
+def imp_masks(model: PreTrainedModel, masks: Masks, rate: float) -> Masks:
+    """One round of iterative magnitude pruning (Frankle & Carbin 2019): zero the ``rate`` share of the weights that
+    ``masks`` still keep, by global ``|W|`` of ``model`` (trained with those masks). Returns the new masks."""
+    rate = _check_sparsity(rate)
+    weights = {n: m.weight.detach().abs().float().cpu() for n, m in linear_weights(model).items()}
+    alive = torch.cat([weights[n][masks[n].cpu()] for n in weights])
+    n_zero = round(rate * alive.numel())
+    if n_zero == 0:
+        return {n: masks[n].clone() for n in weights}
+    threshold = alive.kthvalue(n_zero).values  # ties at the threshold all go: at most a few extra zeros
+    return {n: masks[n].cpu() & (weights[n] > threshold) for n in weights}
+
+
+def random_masks_like(masks: Masks, seed: int = 0) -> Masks:
+    """Masks with the same number of zeros in every matrix as ``masks``, at random positions (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, mask in masks.items():
+        keep = torch.zeros(mask.numel(), dtype=torch.bool)
+        keep[torch.randperm(mask.numel(), generator=g)[: int(mask.sum())]] = True
+        out[name] = keep.view(mask.shape)
+    return out
 
 
 def apply_masks(model: PreTrainedModel, masks: Masks) -> PreTrainedModel:

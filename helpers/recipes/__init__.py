@@ -7,6 +7,7 @@ evaluation that puts healed students side by side (``healing.py``).
 from .answers import SDG_TEMPERATURE, SDG_TOP_P, teacher_answers
 from .healing import Baseline, HealedRow, evaluate_healed, healed_table, healed_verdicts, save_healed
 from .lab import VERDICTS, Claim, claim_verdict, ensure_models, prune_depth_iteratively, scratch_model
+from .lottery import TICKET_KINDS, TicketResult, lottery_tickets, small_model
 from .progressive import assistant_sizes, prune_width_to, width_sizes
 from .students import (DEPTH_CRITERION, STUDENT_KINDS, TARGET_RATIO, WIDTH_AXES, build_student,
                        load_or_build_student, save_student, student_name, target_architectures)
@@ -15,4 +16,4 @@ __all__ = ["STUDENT_KINDS", "TARGET_RATIO", "DEPTH_CRITERION", "WIDTH_AXES", "st
            "build_student", "save_student", "load_or_build_student", "Baseline", "HealedRow", "evaluate_healed",
            "healed_verdicts", "healed_table", "save_healed", "SDG_TEMPERATURE", "SDG_TOP_P", "teacher_answers", "width_sizes", "assistant_sizes",
            "prune_width_to", "VERDICTS", "Claim", "claim_verdict", "ensure_models", "prune_depth_iteratively",
-           "scratch_model"]
+           "scratch_model", "TICKET_KINDS", "TicketResult", "small_model", "lottery_tickets"]
