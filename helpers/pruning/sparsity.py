@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from .. import architecture as arch
 
-__all__ = ["SPARSE_ROLES", "linear_weights", "magnitude_masks", "input_norms", "wanda_scores", "wanda_masks", "nm_masks",
+__all__ = ["SPARSE_ROLES", "linear_weights", "magnitude_masks", "input_norms", "wanda_scores", "row_masks", "wanda_masks", "nm_masks",
            "imp_masks", "random_masks_like", "apply_masks", "sparsity_report", "MaskKeeper"]
 
 SPARSE_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -104,10 +104,17 @@ def wanda_scores(model: PreTrainedModel, batches: Iterable[Tensor]) -> dict[str,
     return {n: m.weight.detach().abs().float().cpu() * norms[n][None, :] for n, m in linear_weights(model).items()}
 
 
-def wanda_masks(model: PreTrainedModel, batches: Iterable[Tensor], sparsity: float) -> Masks:
-    """Wanda masks: in every output row, zero the ``sparsity`` share of the lowest ``|W_ij| * ||X_j||_2``."""
+def row_masks(scores: dict[str, Tensor], sparsity: float) -> Masks:
+    """In every output row of every matrix, zero the ``sparsity`` share of the lowest ``scores`` ``[out, in]``."""
     sparsity = _check_sparsity(sparsity)
-    return {n: _keep_top(s, round(sparsity * s.shape[1]), dim=1) for n, s in wanda_scores(model, batches).items()}
+    return {n: _keep_top(s, round(sparsity * s.shape[1]), dim=1) for n, s in scores.items()}
+
+
+def wanda_masks(model: PreTrainedModel, batches: Iterable[Tensor], sparsity: float) -> Masks:
+    """Wanda masks: in every output row, zero the ``sparsity`` share of the lowest ``|W_ij| * ||X_j||_2``
+    (``row_masks(wanda_scores(...), sparsity)``; compute the scores once to sweep several sparsities)."""
+    _check_sparsity(sparsity)
+    return row_masks(wanda_scores(model, batches), sparsity)
 
 
 def nm_masks(model: PreTrainedModel, n: int = 2, m: int = 4, scores: dict[str, Tensor] | None = None) -> Masks:
