@@ -43,6 +43,7 @@ def test_finished_notebooks_are_reused_and_measured_work_replaces_the_declaratio
     assert runner.run_notebooks("smoke", [nb]) == 0
     timings = json.loads((runs / "runs" / "notebooks" / "timings.json").read_text())
     assert timings["00_a.ipynb"]["gflops"] == 100.0 and timings["00_a.ipynb"]["seconds"] > 0
+    assert timings["00_a.ipynb"]["dtype"] in ("float32", "bfloat16")  # the precision the notebooks computed in
     (p,) = runner.plan("smoke", [nb])
     assert p.reuse and p.work_gflop == timings["00_a.ipynb"]["work_gflop"]
     assert not runner.plan("smoke", [nb], clean=True)[0].reuse

@@ -34,8 +34,8 @@ def durations_table() -> str:
         timings = json.loads(timings_path().read_text())
     except (OSError, ValueError):
         return ""
-    rows = ["| notebook | seconds | machine GFLOP/s |", "|---|---|---|"]
-    rows += [f"| {n} | {t['seconds']:.0f} | {t['gflops']:.0f} |" for n, t in sorted(timings.items())]
+    rows = ["| notebook | seconds | machine GFLOP/s | precision |", "|---|---|---|---|"]
+    rows += [f"| {n} | {t['seconds']:.0f} | {t['gflops']:.0f} | {t.get('dtype', '–')} |" for n, t in sorted(timings.items())]
     return "\n".join(rows)
 
 

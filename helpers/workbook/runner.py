@@ -68,6 +68,11 @@ def _finished(source: Path, output: Path) -> bool:
     return bool(meta.get("end_time")) and not meta.get("exception")
 
 
+def _precision() -> str:
+    """The notebooks' compute precision on this machine ("float32" or "bfloat16"; ``WORKBOOK_BF16=0`` forces float32)."""
+    return str(fast_dtype(torch.device("cuda" if torch.cuda.is_available() else "cpu"))).replace("torch.", "")
+
+
 def timings_path() -> Path:
     """``runs/<scale>/notebooks/timings.json``: measured seconds, GFLOP/s and work per notebook (read by the report)."""
     return runs_dir() / "notebooks" / "timings.json"
@@ -142,7 +147,7 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
         seconds = time.perf_counter() - start
         actual[p.source.name] = seconds
         timings[p.source.name] = {"seconds": round(seconds, 1), "gflops": round(gflops, 1),
-                                  "work_gflop": round(seconds * gflops, 1)}
+                                  "work_gflop": round(seconds * gflops, 1), "dtype": _precision()}
         write_json_atomically(timings_path(), timings)
     print("Actual times: " + (", ".join(f"{n} {_minutes(s)}" for n, s in actual.items()) or "nothing ran"))
     return 0
