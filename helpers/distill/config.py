@@ -33,7 +33,10 @@ class DistillConfig:
     # sampling temperature of teacher-generated training text to distil the distribution the text was drawn from
     jsd_beta: float = 0.5  # GKD beta: 0 = forward KL, 1 = reverse KL
     top_k: int | None = None  # distil only the teacher's top-k tokens (see losses module docstring)
-    renormalize_student: bool = True  # with top_k: renormalise the student over the top-k too
+    renormalize_student: bool | None = None  # with top_k / a cache: renormalise the student over the top-k too.
+    # None = False for forward_kl (the student's full distribution: the loss then also pushes its mass into the
+    # teacher's top-k; renormalised, the mass outside them is left free and can grow without bound, which wrecked a
+    # cached top-64 run), True for reverse_kl / jsd (required there)
     ce_weight: float = 0.0  # extra next-token CE term (Minitron: 0)
     hidden_loss: str | None = None  # None | "cosine" | "mse" | "nmse"
     hidden_weight: float = 1.0
@@ -87,6 +90,8 @@ class DistillConfig:
             raise bad("jsd_beta", "0 <= beta <= 1")
         if self.top_k is not None and self.top_k < 1:
             raise bad("top_k", "None or an integer >= 1")
+        if self.renormalize_student is None:
+            self.renormalize_student = self.loss != "forward_kl"
         if not self.renormalize_student and self.top_k is not None and self.loss != "forward_kl":
             raise bad("renormalize_student", "True unless loss='forward_kl'")
         if self.hidden_loss is not None and self.hidden_loss not in HIDDEN_LOSSES:

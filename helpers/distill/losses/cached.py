@@ -10,10 +10,11 @@ position. A teacher temperature ``T`` is applied the same way, by passing ``l / 
 So from an fp32 cache this loss equals ``forward_kl(student, teacher, top_k=k)`` up to float rounding; float16
 storage (the default) rounds each log-prob to 11 significant bits (~5e-4 relative; the loss moved ~2e-5 in tests).
 
-Cost: with ``renormalize_student=True`` (default) only the k gathered student logits enter the loss, and the
-gradient w.r.t. the ``[B, S, V]`` logits is k nonzeros per row (written by the ``gather`` backward), so a step is
-as cheap as a plain cross-entropy step. With ``renormalize_student=False`` the student's full-vocabulary
-``logsumexp`` is needed (one pass over ``V``, the same as a CE loss).
+Cost: with ``renormalize_student=True`` only the k gathered student logits enter the loss, and the gradient
+w.r.t. the ``[B, S, V]`` logits is k nonzeros per row (written by the ``gather`` backward); it leaves the student's
+mass outside the k tokens unconstrained (see ``logits.py``), so training uses ``renormalize_student=False``
+(``DistillConfig``'s choice for forward KL): the student's full-vocabulary ``logsumexp`` is needed (one pass over
+``V``, the same as a CE loss), so a step costs about a plain cross-entropy step.
 """
 
 from __future__ import annotations

@@ -19,10 +19,13 @@ Logit losses, in fp32, with temperature ``tau`` and ``p^tau = softmax(z / tau)``
 The teacher's logits are constants (no gradient flows into them).
 
 Top-k teacher logits (``top_k=k``): the teacher keeps its k most likely tokens per position and is renormalised
-over them. With ``renormalize_student=True`` (default; trl's GOLD trainer convention) the student's logits are
-gathered at the same k indices and renormalised too, so the divergence is between two k-way distributions (valid
-for every loss). With ``renormalize_student=False`` the student keeps its full-vocabulary log-probs at those
-indices: KL(truncated teacher || full student), which also pushes student mass off the tail; forward KL only.
+over them. With ``renormalize_student=True`` (this function's default; trl's GOLD trainer convention) the student's
+logits are gathered at the same k indices and renormalised too, so the divergence is between two k-way
+distributions (valid for every loss) -- but blind to how much mass the student keeps outside the k tokens: in
+training that mass is free to grow (a cached top-64 forward-KL run went from perplexity 1,090 to 15,767). With
+``renormalize_student=False`` the student keeps its full-vocabulary log-probs at those indices: KL(truncated
+teacher || full student), which also pushes student mass off the tail; forward KL only, and what
+``DistillConfig`` uses for forward KL unless told otherwise.
 With k = V both equal the full loss. The same forward KL from a *cached* top-k teacher (no teacher forward) is
 ``topk_cached_kl`` in ``cached.py``.
 
