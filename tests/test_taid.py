@@ -65,3 +65,20 @@ def test_distill_with_taid_logs_a_rising_t(tiny_model):
 def test_bad_taid_configs(change, match):
     with pytest.raises(ValueError, match=match):
         D.DistillConfig(**change)
+
+
+def test_a_resumed_taid_run_continues_the_schedule_exactly(tiny_model, tmp_path):
+    blocks = torch.randint(3, 128, (8, 16), generator=torch.Generator().manual_seed(0))
+    base = dict(taid="adaptive", taid_alpha=0.3, max_steps=4, batch_size=2, learning_rate=1e-3, logging_steps=1,
+                disable_tqdm=True, bf16=False)
+    student, teacher = tiny_model(seed=1, num_hidden_layers=2), tiny_model(seed=0)
+    straight = D.distill(student, teacher, blocks, D.DistillConfig(**base))
+    out = tmp_path / "ckpt"
+    D.distill(student, teacher, blocks, D.DistillConfig(**{**base, "max_steps": 4}, output_dir=str(out), save_steps=2))
+    import shutil
+    shutil.rmtree(out / "checkpoint-4")  # as if the run had died after step 2's checkpoint
+    resumed = D.distill(student, teacher, blocks, D.DistillConfig(**base, output_dir=str(out), resume_from_checkpoint=True))
+    ts = lambda r: [row["taid_t"] for row in r.history if "taid_t" in row]  # noqa: E731
+    assert ts(resumed)[-2:] == pytest.approx(ts(straight)[-2:])
+    for a, b in zip(straight.student.parameters(), resumed.student.parameters()):
+        torch.testing.assert_close(a, b)

@@ -120,8 +120,6 @@ class DistillConfig:
             raise bad("taid", f"None or one of {TAID_SCHEDULES} with loss='forward_kl', top_k=None and "
                               "0 <= taid_t_start < 1, 0 <= taid_alpha <= 1 (the moving target replaces the teacher's full "
                               "distribution)")
-        if self.taid is not None and self.resume_from_checkpoint:
-            raise bad("resume_from_checkpoint", "None with taid: the schedule's state is not in checkpoints yet")
         if not self.preference_beta > 0 or not self.contrastive_temperature > 0:
             raise bad("preference_beta" if not self.preference_beta > 0 else "contrastive_temperature", "a number > 0")
         if self.contrastive_weight and self.batch_size < 2:

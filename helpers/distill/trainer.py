@@ -30,6 +30,8 @@ CPU; on GPUs up to their non-deterministic kernels).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from .losses import TaidSchedule
 __all__ = ["PROJECTIONS_FILE", "DistillModule", "DistillTrainer", "PerplexityCallback"]
 
 PROJECTIONS_FILE = "distill_projections.safetensors"
+TAID_FILE = "taid_schedule.json"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -233,6 +236,8 @@ class DistillTrainer(Trainer):
             safetensors.torch.save_file(extra, str(output_dir / PROJECTIONS_FILE), metadata={"format": "pt"})
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
+        if self.taid is not None:  # the moving target's state, so a resumed run continues the same schedule
+            (output_dir / TAID_FILE).write_text(json.dumps(dataclasses.asdict(self.taid)))
         torch.save(self.args, output_dir / "training_args.bin")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -257,6 +262,11 @@ class DistillTrainer(Trainer):
             raise ValueError(f"Checkpoint {folder} has projections {sorted(found)}, this run needs {sorted(expected)} "
                              "(resume with the same hidden_loss / embedding_weight / layer_map)")
         module.load_state_dict(found, strict=False)
+        if self.taid is not None:
+            state = json.loads((folder / TAID_FILE).read_text()) if (folder / TAID_FILE).is_file() else None
+            if state is None:
+                raise ValueError(f"Checkpoint {folder} has no {TAID_FILE}: it was not written by a TAID run")
+            self.taid.t, self.taid.momentum, self.taid.prev_loss = state["t"], state["momentum"], state["prev_loss"]
 
 
 class _TaidStep(TrainerCallback):
