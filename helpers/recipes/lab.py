@@ -98,9 +98,12 @@ def prune_depth_iteratively(model: PreTrainedModel, batches: list[torch.Tensor],
 def scratch_model(like: PreTrainedModel, seed: int = 0) -> PreTrainedModel:
     """A model with exactly ``like``'s architecture (a copy of its config) and a fresh random initialisation
     (seeded; the global RNG is left as it was), on ``like``'s device."""
-    config = copy.deepcopy(like.config)
+    return fresh_model(like.config, seed).to(like.device)
+
+
+def fresh_model(config, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised model of ``config`` (a copy is used), seeded without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    return model.to(like.device)
+        return AutoModelForCausalLM.from_config(copy.deepcopy(config))
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, TrainerCallback
+from transformers import PretrainedConfig, PreTrainedModel, TrainerCallback
 
 from ..architecture import check_config
 from ..distill import DistillConfig, distill
 from ..evaluate import Perplexity
 from ..pruning import MaskKeeper, apply_masks, imp_masks, linear_weights, random_masks_like, sparsity_report
-from .lab import scratch_model
+from .lab import fresh_model, scratch_model
 
 __all__ = ["TICKET_KINDS", "TicketResult", "small_model", "lottery_tickets"]
 
@@ -47,10 +47,7 @@ class TicketResult:
 def small_model(config: PretrainedConfig, seed: int = 0, **sizes: Any) -> PreTrainedModel:
     """A freshly initialised (seeded) model of ``config``'s family and vocabulary with the given ``sizes``, e.g.
     ``hidden_size=64, num_hidden_layers=2, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2``."""
-    small = check_config(copy.deepcopy(config), **sizes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(small)
+    return fresh_model(check_config(config, **sizes), seed)
 
 
 class _StateAt(TrainerCallback):

@@ -118,9 +118,10 @@ def _blocks(tokenizer, source: str, split: str, block_size: int, max_blocks: int
 
 def _student(teacher, batches, target: int, kind: str):
     """Prune a new student of ``kind`` near ``target`` parameters (the teacher is unchanged)."""
-    from ..pruning import candidate_architectures, prune_depth
+    from ..pruning import candidate_architectures
+    from .lab import prune_depth_iteratively
     from .progressive import prune_width_to, width_sizes
-    from .students import DEPTH_CRITERION, _unevenness
+    from .students import _unevenness
 
     found = candidate_architectures(teacher.config, target, kinds=(kind,), tolerance=0.05 if kind != "depth" else 0.1)
     if not found:
@@ -129,10 +130,8 @@ def _student(teacher, batches, target: int, kind: str):
     best = found[0] if kind == "depth" else min(
         found, key=lambda c: (round(_unevenness(teacher.config, c), 2), abs(c["error"])))
     model = teacher
-    if best["num_hidden_layers"] < teacher.config.num_hidden_layers:
-        from ..importance import layer_importance
-        imp = layer_importance(teacher, batches[:2], criteria=(DEPTH_CRITERION,), progress=False)
-        model = prune_depth(teacher, num_layers=best["num_hidden_layers"], importance=imp, criterion=DEPTH_CRITERION)
+    if best["num_hidden_layers"] < teacher.config.num_hidden_layers:  # one-shot drop-one layer scores
+        model = prune_depth_iteratively(teacher, batches[:2], best["num_hidden_layers"], steps=1)
     if kind != "depth":
         model = prune_width_to(model, batches, width_sizes(best))
     return model, best
