@@ -228,6 +228,26 @@ def test_gradcheck(renormalize):
     assert torch.autograd.gradcheck(fn, (s.requires_grad_(True),))
 
 
+def test_full_vocabulary_backward_matches_autograd_and_keeps_the_dtype():
+    """The hand-written backward of the full-vocabulary path equals autograd through ``log_softmax`` (fp32), and a
+    bf16 student gets a bf16 gradient computed in fp32."""
+    s, t = _logits(2, 7, 50, seed=5)
+    values, index = _cache(t, 6)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, -1] = False
+    z = s.clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(topk_cached_kl(z, values, index, mask, temperature=2.0, renormalize_student=False), z)
+    ref_z = s.clone().requires_grad_(True)
+    s_logp = torch.log_softmax(ref_z / 2.0, -1).gather(-1, index)[mask]
+    t_logp = torch.log_softmax(values / 2.0, -1)[mask]
+    ref = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean() * 4.0
+    (want,) = torch.autograd.grad(ref, ref_z)
+    torch.testing.assert_close(got, want)
+    zb = s.bfloat16().requires_grad_(True)
+    (gb,) = torch.autograd.grad(topk_cached_kl(zb, values, index, mask, renormalize_student=False), zb)
+    assert gb.dtype == torch.bfloat16 and not gb[1, -1].any()
+
+
 def test_bad_shapes_refused():
     s, t = _logits(2, 5, 40)
     values, index = _cache(t, 4)

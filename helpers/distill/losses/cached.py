@@ -14,7 +14,10 @@ Cost: with ``renormalize_student=True`` only the k gathered student logits enter
 w.r.t. the ``[B, S, V]`` logits is k nonzeros per row (written by the ``gather`` backward); it leaves the student's
 mass outside the k tokens unconstrained (see ``logits.py``), so training uses ``renormalize_student=False``
 (``DistillConfig``'s choice for forward KL): the student's full-vocabulary ``logsumexp`` is needed (one pass over
-``V``, the same as a CE loss), so a step costs about a plain cross-entropy step.
+``V``, the same as a CE loss). That path runs through ``_FullVocabLogProbs``, whose hand-written backward is one
+``softmax`` pass and touches no copy of the ``[N, V]`` logits (selecting the valid rows first, as the renormalised
+path does on its ``[N, k]`` gather, costs a copy and a scatter of the full logits every step), so a step costs
+about a plain cross-entropy step (``benchmarks/distill_step.py --cache`` measures the ratio).
 """
 
 from __future__ import annotations
@@ -70,17 +73,47 @@ def topk_cached_kl(
     logits = student_logits.reshape(-1, vocab)
     index, target = topk_indices.reshape(-1, k).long(), topk_logprobs.detach().reshape(-1, k)
     valid = resolve_mask(mask, labels)
-    rows = None if valid is None or bool(valid.all()) else valid.reshape(-1).nonzero().squeeze(1)
+    valid = None if valid is None or bool(valid.all()) else valid.reshape(-1).bool()
     if renormalize_student:  # gather first (cheap), then keep the valid rows
+        rows = None if valid is None else valid.nonzero().squeeze(1)
         s_logp = F.log_softmax(_scaled(_rows(logits.gather(-1, index), rows).to(dtype), temperature), dim=-1)
         index, target = _rows(index, rows), _rows(target, rows)
-    else:  # only the valid rows of the full logits enter the graph
-        index, target = _rows(index, rows), _rows(target, rows)
-        full = _scaled(_rows(logits, rows).to(dtype), temperature)
-        s_logp = full.gather(-1, index) - torch.logsumexp(full, dim=-1, keepdim=True)
+    else:  # every row in place (no [N, V] copy); invalid rows are dropped below and get zero gradient
+        s_logp = _FullVocabLogProbs.apply(logits, index, valid, temperature, dtype)
+        if valid is not None:
+            s_logp, target = s_logp[valid], target[valid]
     t_logp = F.log_softmax(_scaled(target.to(dtype), temperature), dim=-1).clamp_min(torch.finfo(dtype).min)
     per_position = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [n_valid]; invalid rows never enter the graph
     return per_position.sum() / max(per_position.shape[0], 1) * temperature**2
+
+
+class _FullVocabLogProbs(torch.autograd.Function):
+    """``log_softmax(z / tau)[idx]`` for ``z``: ``[N, V]``, ``idx``: ``[N, k]`` -> ``[N, k]`` in ``dtype``, with a
+    hand-written backward that never copies ``z`` row-wise: one ``logsumexp`` pass forward, one ``softmax`` pass
+    backward, as in a CE loss. The gradient w.r.t. ``z`` is ``(onehot_k(g) - softmax(z / tau) * sum_k g) / tau``;
+    rows where ``valid`` is False get exactly zero gradient, even when their logits are NaN.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, valid: Tensor | None, temperature: float,  # noqa: ANN001
+                dtype: torch.dtype) -> Tensor:
+        scaled = _scaled(logits.to(dtype), temperature)
+        lse = torch.logsumexp(scaled, dim=-1, keepdim=True)  # [N, 1]
+        ctx.save_for_backward(logits, index, lse, valid if valid is not None else torch.empty(0, dtype=torch.bool))
+        ctx.temperature, ctx.dtype = temperature, dtype
+        return scaled.gather(-1, index) - lse
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        logits, index, lse, valid = ctx.saved_tensors
+        grad = grad.to(ctx.dtype)
+        out = torch.softmax(_scaled(logits.to(ctx.dtype), ctx.temperature), dim=-1)  # a fresh [N, V]
+        out.mul_(-grad.sum(-1, keepdim=True)).scatter_add_(-1, index, grad)
+        if valid.numel():
+            out[~valid] = 0.0
+        if ctx.temperature != 1.0:
+            out.div_(ctx.temperature)
+        return out.to(logits.dtype), None, None, None, None
 
 
 def _rows(x: Tensor, rows: Tensor | None) -> Tensor:
