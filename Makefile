@@ -2,6 +2,7 @@
 #   make run    set up, then run every notebook at the laptop scale with papermill (outputs in runs/laptop/);
 #               CLEAN=1 reruns finished notebooks, NB="notebooks/04_....ipynb" runs only those
 #   make test   set up, then unit + integration tests and every notebook at the smoke scale (nbval)
+#   make students  the ~80% and ~60% students worth using (runs/students/, README "Students you can use")
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup run test unit notebooks-test lab corpus bench report clean
+.PHONY: setup run test unit notebooks-test lab corpus bench report students clean
 
 setup: $(STAMP)
 
@@ -47,6 +48,10 @@ corpus: setup
 bench: setup
 	$(PY) benchmarks/importance_overhead.py
 	$(PY) benchmarks/distill_step.py
+
+# The ~80% and ~60% students worth using: about an hour each on a 2-core bf16 CPU (resumable: run it again).
+students: setup
+	$(PY) -m helpers students
 
 report: setup
 	WORKBOOK_SCALE=$(SCALE) $(PY) -m helpers report

@@ -2,7 +2,8 @@
 
 Commands: ``run`` (every notebook headless, with estimates; what ``make run`` calls), ``corpus`` (build the embedded
 corpus with the teacher, resumable), ``report`` (the results table and figures of the last run) and ``shrink``
-(the recipe as one command: prune, distil, evaluate, save; runs under ``accelerate launch`` too).
+(the recipe as one command: prune, distil, evaluate, save; runs under ``accelerate launch`` too) and ``students``
+(``make students``: the ~80% and ~60% students worth using, built with ``shrink``'s code).
 ``python -m helpers <command> --help`` documents each.
 """
 
@@ -14,7 +15,8 @@ import sys
 COMMANDS = {"run": "run the notebooks headless at a scale (estimates first, reuses finished ones, stops on failure)",
             "corpus": "build the embedded corpus with the teacher (resumable)",
             "report": "write runs/<scale>/report.md from the recorded metrics (laptop: also the README block)",
-            "shrink": "prune a teacher to a target size and distil it: one stock checkpoint (also under accelerate)"}
+            "shrink": "prune a teacher to a target size and distil it: one stock checkpoint (also under accelerate)",
+            "students": "build the ~80% and ~60% students worth using (make students; resumable), their table and plot"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "shrink":
         from .recipes.shrink import main as shrink
         return shrink(rest)
+    if command == "students":
+        from .recipes.release import main as students
+        return students(rest)
     if command == "corpus":
         from .data.corpus import main as corpus
         return corpus(rest)

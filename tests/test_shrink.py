@@ -123,3 +123,38 @@ def test_an_interrupted_shrink_resumes_from_its_checkpoints(tiny_setup, tmp_path
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], msg=name)
     assert not checkpoints.exists()
+
+
+def test_shrink_from_a_cached_teacher_with_a_curve_and_a_card(tiny_setup, tmp_path):
+    """``--cache-top-k`` distils from the teacher's top-k log-probs computed once (kept beside --out and reused),
+    ``--curve-points`` records real-text perplexity during training, and the model card names the parent, the
+    recipe and the metrics."""
+    folder, text = tiny_setup
+    args = [*_args(folder, text, tmp_path / "cached", batch_size=2), "--cache-top-k", "8", "--curve-points", "3",
+            "--speed-repeats", "1"]
+    assert S.main(args) == 0
+    caches = list(tmp_path.glob(".teacher-top8-*.safetensors"))
+    assert len(caches) == 1
+    built = caches[0].stat().st_mtime_ns
+    recipe = json.loads((tmp_path / "cached" / "recipe.json").read_text())
+    assert [p["tokens_seen"] for p in recipe["realtext_curve"]] == [0, 32, 64, 96]
+    m = recipe["metrics"]
+    assert m["realtext_ppl_ratio"] == pytest.approx(m["realtext_ppl_student"] / m["realtext_ppl_teacher"], rel=1e-2)
+    assert {"decode_speedup", "flop_reduction", "corpus_log_recovery", "train_seconds"} <= set(m)
+    card = (tmp_path / "cached" / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| real-text perplexity"))
+    assert str(folder) in card and "top-8" in card and "float32" in card
+    assert float(row.split("|")[3].split()[0]) == pytest.approx(m["realtext_ppl_student"], abs=0.01)
+    assert "Intended use and limitations" in card
+    AutoModelForCausalLM.from_pretrained(tmp_path / "cached")
+    assert S.main([*args[:5], str(tmp_path / "again"), *args[6:]]) == 0  # the second student reuses the cache
+    assert caches[0].stat().st_mtime_ns == built
+
+
+def test_flops_per_token_counts_every_multiplied_weight(tiny_model):
+    from helpers.recipes.card import flops_per_token
+
+    model = tiny_model()
+    c = model.config
+    decoder = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    assert flops_per_token(model) == 2 * (decoder + c.vocab_size * c.hidden_size)

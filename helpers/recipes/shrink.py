@@ -52,6 +52,9 @@ class ShrinkOptions:
     save_steps: int = 0
     resume: bool = False
     bf16: str = "auto"
+    cache_top_k: int = 0
+    curve_points: int = 0
+    speed_repeats: int = 5
 
 
 def parse_target(value: str | float | int, teacher_params: int | None = None) -> float | int:
@@ -92,6 +95,9 @@ def check_options(opts: ShrinkOptions, num_processes: int = 1) -> int:
     if opts.block_size < 2 or opts.save_steps < 0 or opts.bf16 not in ("auto", "on", "off"):
         raise ValueError(f"--block-size must be >= 2, --save-steps >= 0 and --bf16 auto|on|off; got "
                          f"{opts.block_size}, {opts.save_steps}, {opts.bf16!r}")
+    if opts.cache_top_k < 0 or opts.curve_points < 0 or opts.speed_repeats < 1:
+        raise ValueError(f"--cache-top-k and --curve-points must be >= 0 and --speed-repeats >= 1; got "
+                         f"{opts.cache_top_k}, {opts.curve_points}, {opts.speed_repeats}")
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
@@ -153,26 +159,11 @@ def _processes() -> tuple[int, bool, "torch.device"]:
     return world, rank == 0, device
 
 
-def _model_card(opts: ShrinkOptions, metrics: dict[str, Any], params: int) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(library_name="transformers", base_model=opts.teacher if "/" in opts.teacher else None,
-                         tags=["pruned", "distilled", "minitron", f"{opts.kind}-pruned"])
-    rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
-    body = (f"# {Path(opts.out).name}\n\nPruned ({opts.kind}) from `{opts.teacher}` to {params:,} parameters and distilled "
-            f"on {opts.tokens:,} tokens of `{opts.data}` with the prune & distill workbook (`python -m helpers shrink`).\n"
-            f"The full lineage is in `recipe.json`.\n\n| metric | value |\n|---|---|\n{rows}\n")
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
-
-
 def shrink(opts: ShrinkOptions) -> Path | None:
     """Run the recipe (module doc). Returns the output folder on the main process (None on the others)."""
     world, main_process, device = _processes()
     steps = check_options(opts, world)
     from .. import data as D
-    from ..distill import DistillConfig, distill, save_distilled
-    from ..evaluate import PERPLEXITY_WINDOW, perplexity
-    from ..io import write_text_atomically
     from ..models import load_model
     from ..pruning import count_parameters
 
@@ -187,36 +178,99 @@ def shrink(opts: ShrinkOptions) -> Path | None:
     calib = D.sample_batches(_blocks(tokenizer, opts.data, "train", calib_block, 4 * opts.calibration_samples),
                              opts.calibration_samples, min(8, opts.calibration_samples), seed=opts.seed)
     student, arch = _student(teacher, calib, target, opts.kind)
-    n_student = count_parameters(student.config)
-    say(f"pruned: {n_student:,} parameters, layers {arch['num_hidden_layers']}, hidden {arch['hidden_size']}, "
-        f"MLP {arch['intermediate_size']}, heads {arch['num_attention_heads']}/{arch['num_key_value_heads']}")
+    say(f"pruned: {count_parameters(student.config):,} parameters, layers {arch['num_hidden_layers']}, hidden "
+        f"{arch['hidden_size']}, MLP {arch['intermediate_size']}, heads {arch['num_attention_heads']}/"
+        f"{arch['num_key_value_heads']}")
+    result, seconds = _train(opts, teacher, student, tokenizer, steps, world, main_process, say)
+    if not main_process:
+        return None
+    return _finish(opts, teacher, student, tokenizer, result, arch, seconds, say)
+
+
+def _heldout(opts: ShrinkOptions, tokenizer, teacher, source: str):
+    from ..evaluate import PERPLEXITY_WINDOW
+
+    window = min(PERPLEXITY_WINDOW, teacher.config.max_position_embeddings)
+    return _blocks(tokenizer, source, "heldout", window, opts.eval_windows)
+
+
+def _train(opts: ShrinkOptions, teacher, student, tokenizer, steps: int, world: int, main_process: bool, say):
+    """Distil (from a top-k logit cache when ``--cache-top-k``); returns the result and the seconds it took
+    (cache building included)."""
+    from .. import data as D
+    from ..data import REAL_TEXT
+    from ..distill import DistillConfig, cached_or_built, distill
+
+    start = time.perf_counter()
     n_blocks = steps * opts.batch_size * opts.grad_accum * world
     train = D.training_blocks(tokenizer, opts.block_size, n_blocks) if opts.data == "embedded" else \
         {"input_ids": _blocks(tokenizer, opts.data, "train", opts.block_size, n_blocks)}
-    checkpoints = Path(opts.out).parent / f".{Path(opts.out).name}.checkpoints"
+    out = Path(opts.out)
+    cache = None
+    if opts.cache_top_k:  # one teacher pass over the training blocks, kept beside --out and reused by later runs
+        say(f"teacher top-{opts.cache_top_k} logits of {len(train['input_ids'])} blocks (cached once)")
+        cache = cached_or_built(out.parent / f".teacher-top{opts.cache_top_k}-{_slug(opts)}.safetensors", teacher,
+                                train, top_k=opts.cache_top_k, progress=main_process)
+    checkpoints = out.parent / f".{out.name}.checkpoints"
     resume = opts.resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    curve = _heldout(opts, tokenizer, teacher, REAL_TEXT) if opts.curve_points else None
     config = DistillConfig(max_steps=steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum,
                            learning_rate=opts.learning_rate, seed=opts.seed, logging_steps=max(1, steps // 20),
                            bf16={"auto": "auto", "on": True, "off": False}[opts.bf16], warmup_ratio=0.05,
                            save_steps=opts.save_steps, output_dir=str(checkpoints) if opts.save_steps or resume else None,
-                           resume_from_checkpoint=True if resume else None, disable_tqdm=not main_process)
+                           resume_from_checkpoint=True if resume else None, disable_tqdm=not main_process,
+                           eval_steps=max(1, steps // opts.curve_points) if opts.curve_points else 0)
     say(f"distilling: {steps} steps x {opts.block_size * opts.batch_size * opts.grad_accum * world:,} tokens "
-        f"on {world} process(es){' (resumed)' if resume else ''}")
-    result = distill(student, teacher, train, config, tokenizer=tokenizer)
-    if not main_process:
-        return None
-    window = min(PERPLEXITY_WINDOW, teacher.config.max_position_embeddings)
-    heldout = _blocks(tokenizer, opts.data, "heldout", window, opts.eval_windows)
-    scores = {name: perplexity(model, heldout).ppl for name, model in
-              (("teacher", teacher), ("pruned", student), ("distilled", result.student))}
-    metrics = {"params": n_student, "teacher_params": n_teacher, "tokens_seen": result.tokens_seen,
-               **{f"heldout_ppl_{k}": round(v, 3) for k, v in scores.items()}}
-    say("held-out perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+        f"on {world} process(es){' (resumed)' if resume else ''}{', real-text curve' if curve is not None else ''}")
+    result = distill(student, None if cache is not None else teacher, train, config, eval_blocks=curve,
+                     tokenizer=tokenizer, teacher_logits=cache)
+    return result, time.perf_counter() - start
+
+
+def _slug(opts: ShrinkOptions) -> str:
+    """A file-name-safe tag of the teacher, data and block size (the cache is checked by fingerprints anyway)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(opts.teacher).name}-{Path(opts.data).name}-{opts.block_size}")
+
+
+def _machine(opts: ShrinkOptions) -> str:
+    """Where the run trained: the CPU (and GPU), cores and the training precision."""
+    import torch
+
+    from ..hardware import best_device, fast_dtype
+    from ..workbook.report import machine_line
+
+    cpu = machine_line().removeprefix("Machine: ").split(";")[0]
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    bf16 = opts.bf16 == "on" or (opts.bf16 == "auto" and fast_dtype(best_device()) == torch.bfloat16)
+    return f"{cpu}{gpu}; trained in {'bf16 mixed precision' if bf16 else 'float32'}"
+
+
+def _finish(opts: ShrinkOptions, teacher, student, tokenizer, result, arch: dict, seconds: float, say) -> Path:
+    """Evaluate beside the teacher, save the checkpoint with its recipe and model card, drop the checkpoints."""
+    from ..data import REAL_TEXT
+    from ..distill import save_distilled
+    from ..io import write_text_atomically
+    from .card import evaluate_student, student_card
+
+    say("evaluating: corpus and real-text perplexity, speed, samples")
+    ev = evaluate_student(teacher, student, result.student, tokenizer, _heldout(opts, tokenizer, teacher, opts.data),
+                          _heldout(opts, tokenizer, teacher, REAL_TEXT), speed_repeats=opts.speed_repeats)
+    curve = [{"tokens_seen": h["tokens_seen"], "realtext_ppl": h["eval_ppl"]} for h in result.history if "eval_ppl" in h]
+    metrics = {**ev.metrics(), "tokens_seen": result.tokens_seen, "train_seconds": round(seconds)}
+    say(f"real-text perplexity {ev.realtext_ppl['student']:.2f} ({ev.ratio():.2f}x the teacher's), corpus "
+        f"{ev.corpus_ppl['student']:.2f} ({ev.ratio('corpus'):.2f}x); decode {ev.speedup:.2f}x the teacher's speed")
+    options = {k: str(v) for k, v in asdict(opts).items()}
     out = save_distilled(result, tokenizer, opts.out, parent=opts.teacher,
-                         recipe_extra={"command": "shrink", "options": {k: str(v) for k, v in asdict(opts).items()},
-                                       "architecture": arch, "metrics": metrics})
-    write_text_atomically(out / "README.md", _model_card(opts, metrics, n_student))
-    shutil.rmtree(checkpoints, ignore_errors=True)
+                         recipe_extra={"command": "shrink", "options": options, "architecture": arch,
+                                       "metrics": metrics, "realtext_curve": curve, "machine": _machine(opts),
+                                       "generations": ev.generations})
+    recipe = {"kind": opts.kind, "architecture": ", ".join(f"{k} {arch[k]}" for k in (
+        "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")),
+        "distillation": f"forward KL{f' from the cached top-{opts.cache_top_k}' if opts.cache_top_k else ''}, "
+                        f"lr {opts.learning_rate}, cosine, batch {opts.batch_size}x{opts.grad_accum}x{opts.block_size}",
+        "tokens": f"{result.tokens_seen:,} of `{opts.data}`", "time": f"{seconds / 60:.0f} min, {_machine(opts)}"}
+    write_text_atomically(out / "README.md", student_card(Path(opts.out).name, opts.teacher, recipe, ev))
+    shutil.rmtree(Path(opts.out).parent / f".{Path(opts.out).name}.checkpoints", ignore_errors=True)
     say(f"saved {out} (stock checkpoint, recipe.json, README.md model card)")
     return out
 
@@ -243,6 +297,13 @@ def _parser() -> argparse.ArgumentParser:
         ap.add_argument(f"--{name}", type=kind, default=getattr(d, name.replace("-", "_")), help=f"{what} (default %(default)s)")
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of an interrupted run")
     ap.add_argument("--bf16", default=d.bf16, choices=("auto", "on", "off"), help="mixed precision (default %(default)s)")
+    ap.add_argument("--cache-top-k", type=int, default=d.cache_top_k, help="distil from the teacher's top-k log-probs, "
+                    "computed once over the training blocks and kept beside --out (0: run the teacher every step; "
+                    "default %(default)s)")
+    ap.add_argument("--curve-points", type=int, default=d.curve_points, help="real-text perplexity this many times "
+                    "during training, for a quality-against-tokens curve (default %(default)s)")
+    ap.add_argument("--speed-repeats", type=int, default=d.speed_repeats, help="interleaved rounds of the final "
+                    "teacher-vs-student speed test (default %(default)s)")
     return ap
 
 

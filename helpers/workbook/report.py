@@ -76,15 +76,16 @@ def build_report(current: str) -> str:
     return "\n".join(parts)
 
 
-def update_readme(block: str, readme: Path | None = None) -> None:
-    """Replace the results block of the README (between the markers) with ``block``."""
+def update_readme(block: str, readme: Path | None = None, markers: tuple[str, str] | None = None) -> None:
+    """Replace the results block of the README (between the markers; default the results markers) with ``block``."""
     readme = readme or repo_root() / "README.md"
+    start, end = markers or (START, END)
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} lacks the {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    write_text_atomically(readme, f"{head}{START}\n{block}\n{END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} lacks the {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_text_atomically(readme, f"{head}{start}\n{block}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:

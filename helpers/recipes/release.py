@@ -1,0 +1,202 @@
+"""``make students``: the two students the workbook hands out, ~80% and ~60% of the embedded teacher, each made with
+``python -m helpers shrink`` within about one hour of a 2-core CPU with bf16.
+
+The budget is fixed in tokens (:data:`PRESETS`), so it means the same on every machine; the time it takes is
+measured and written into each model card (without bf16 a CPU takes about twice as long; the command resumes, so a
+long run can be split: run ``make students`` again after an interruption and it continues from the last
+checkpoint). The recipe of each preset and the evidence it rests on are in :data:`RECIPE_NOTES`.
+
+Each student lands in ``runs/students/<name>/`` (stock HF checkpoint, ``recipe.json``, ``README.md`` model card).
+:func:`students_table` and :func:`plot_tradeoff` summarise them: parameters, corpus and real-text perplexity as
+ratios to the teacher, multiple-choice accuracy on the local set, decode speed and memory against the teacher, CPU
+time, side-by-side samples, and the quality-size-time trade-off (real-text perplexity ratio against parameters, one
+curve per share of the token budget, from the curve each run records while it trains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .shrink import ShrinkOptions
+
+__all__ = ["PRESETS", "RECIPE_NOTES", "preset_options", "finished", "build_students", "students_table",
+           "plot_tradeoff", "main"]
+
+# One optimizer step = 1 x 512 tokens; the cache (top-64 teacher log-probs over the embedded corpus's train split,
+# 483k tokens, ~185 MB) is built once and shared by both students.
+_COMMON: dict[str, Any] = {"block_size": 512, "batch_size": 1, "grad_accum": 1, "cache_top_k": 64,
+                           "calibration_samples": 128, "eval_windows": 40, "curve_points": 8, "save_steps": 256}
+PRESETS: dict[str, dict[str, Any]] = {
+    "student-80": {"target_params": "0.8", "kind": "depth", "tokens": 1_572_864, "learning_rate": 5e-4},
+    "student-60": {"target_params": "0.6", "kind": "depth", "tokens": 1_572_864, "learning_rate": 1e-3},
+}
+RECIPE_NOTES = """\
+- Depth pruning for both sizes: in notebook 05 (laptop scale, equal tokens) the depth-pruned 60% student healed by
+  logit KD reached a lower perplexity than the width-pruned one on both the corpus and the real text; notebook 10's
+  width-against-depth claim tests the same question at the lab's budget.
+- Logit-only forward KL: notebook 04's best loss (reverse KL and adding CE did not help); intermediate-state KD
+  gained little in 05 and cannot run from a cache.
+- Teacher top-64 log-probs cached once (notebook 04 shows what top-k keeps): no teacher forward per step.
+- One-shot pruning: the iterative family of notebook 09 is compared there at equal tokens.
+- Tokens: what one hour of a 2-core bf16 CPU trains from the cache at 1 x 512 tokens per step (measured speed in
+  each model card); the curve recorded during training shows what fewer tokens give.
+"""
+
+
+def preset_options(name: str, out_dir: Path, smoke: bool = False) -> ShrinkOptions:
+    """The shrink options of preset ``name`` writing to ``out_dir / name``; ``smoke``: the same recipe on a few
+    hundred tokens (tests, CI)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown student {name!r}; allowed: {', '.join(PRESETS)}")
+    opts = ShrinkOptions(out=Path(out_dir) / name, **_COMMON, **PRESETS[name])
+    if smoke:
+        opts = replace(opts, tokens=256, block_size=64, calibration_samples=8, eval_windows=2, curve_points=2,
+                       save_steps=2, speed_repeats=1, cache_top_k=8)
+    return opts
+
+
+def finished(opts: ShrinkOptions) -> bool:
+    """``opts.out`` holds a student saved by shrink with these very options."""
+    try:
+        recipe = json.loads((Path(opts.out) / "recipe.json").read_text())
+    except (OSError, ValueError):
+        return False
+    from dataclasses import asdict
+
+    wanted = {k: str(v) for k, v in asdict(replace(opts, resume=False)).items()}
+    return {**recipe.get("options", {}), "resume": "False"} == wanted
+
+
+def build_students(out_dir: Path, names: list[str] | None = None, smoke: bool = False, teacher: str | None = None
+                   ) -> list[Path]:
+    """Build the students ``names`` (default all presets) under ``out_dir``; a finished one is kept, an interrupted
+    one resumes from its checkpoints. Returns the student folders."""
+    from .shrink import check_options, shrink
+
+    todo = [preset_options(n, out_dir, smoke) for n in (names or list(PRESETS))]
+    if teacher:
+        todo = [replace(o, teacher=teacher) for o in todo]
+    for opts in todo:  # every option checked before the first model loads
+        check_options(opts)
+    for opts in todo:
+        if finished(opts):
+            print(f"[students] {opts.out} is finished with these options; kept", flush=True)
+            continue
+        shrink(replace(opts, resume=True))
+    return [Path(o.out) for o in todo]
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "recipe.json").read_text())
+
+
+def _choice(folder: Path, teacher_name: str) -> tuple[float, float] | None:
+    """Multiple-choice accuracy (lm-eval protocol, ``acc``) of the teacher and the student on the local set."""
+    from ..data import data_dir
+    from ..evaluate import load_choice_items, score_choices
+    from ..models import load_model
+
+    path = data_dir() / "eval" / "choice_sample.jsonl"
+    if not path.is_file():
+        return None
+    items = load_choice_items(path)
+    scores = [score_choices(*load_model(str(m)), items).acc for m in (teacher_name, folder)]
+    return scores[0], scores[1]
+
+
+def students_table(folders: list[Path], choice: bool = True) -> str:
+    """The "Students you can use" markdown: one row per student (with the teacher's reference numbers beside it),
+    the trade-off figure's caption, and three side-by-side samples per student."""
+    rows, samples = [], []
+    for folder in folders:
+        recipe = _load(folder)
+        m, opts = recipe["metrics"], recipe["options"]
+        acc = _choice(folder, opts["teacher"]) if choice else None
+        acc_cell = f"{acc[1]:.0%} ({acc[0]:.0%})" if acc else "–"
+        rows.append(f"| `{folder.name}` | {opts['kind']} | {m['params']:,} ({m['params_ratio']:.0%}) | "
+                    f"{m['corpus_ppl_student']:.2f} ({m['corpus_ppl_ratio']:.2f}x) | "
+                    f"{m['realtext_ppl_student']:.2f} ({m['realtext_ppl_ratio']:.2f}x) | {acc_cell} | "
+                    f"{m['decode_tokens_per_s_student']:.1f} / {m['decode_tokens_per_s_teacher']:.1f} "
+                    f"({m['decode_speedup']:.2f}x; FLOPs {m['flop_reduction']:.2f}x) | "
+                    f"{m['added_memory_mib_student']:.0f} / {m['added_memory_mib_teacher']:.0f} | "
+                    f"{m['tokens_seen']:,} | {m['train_seconds'] / 60:.0f} min |")
+        samples += [f"**{folder.name}**, prompt: {g['prompt']}\n\n- teacher: {g['teacher']}\n- student: {g['student']}"
+                    for g in recipe.get("generations", [])]
+    machine = _load(folders[0]).get("machine", "") if folders else ""
+    header = ("| student | pruned | parameters | corpus ppl (x teacher) | real-text ppl (x teacher) | choice acc "
+              "(teacher) | decode tok/s student / teacher | added MiB student / teacher | tokens | time |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", *samples]) + "\n"
+
+
+def plot_tradeoff(folders: list[Path], shares: tuple[float, ...] = (0.25, 0.5, 1.0)) -> Figure:
+    """Real-text perplexity ratio to the teacher against parameters, one curve per share of the token budget (the
+    point of each student's training curve nearest that share); the teacher is the point (params, 1)."""
+    from ..workbook import new_figure
+
+    fig, ax = new_figure(6.5, 4.2)
+    recipes = sorted((_load(f) for f in folders), key=lambda r: r["metrics"]["params"])
+    for share in shares:
+        xs, ys = [], []
+        for r in recipes:
+            curve, m = r.get("realtext_curve") or [], r["metrics"]
+            if not curve:
+                continue
+            point = min(curve, key=lambda p: abs(p["tokens_seen"] - share * m["tokens_seen"]))
+            xs.append(m["params"] / 1e6)
+            ys.append(point["realtext_ppl"] / m["realtext_ppl_teacher"])
+        ax.plot(xs, ys, "o-", label=f"{share:.0%} of the token budget")
+    if recipes:
+        ax.plot([recipes[0]["metrics"]["teacher_params"] / 1e6], [1.0], "k*", markersize=12, label="teacher")
+    ax.set(xlabel="parameters (M)", ylabel="real-text perplexity / teacher's", yscale="log",
+           title="What more CPU time buys: quality against size")
+    ax.legend()
+    return fig
+
+
+README_MARKERS = ("<!-- students:start -->", "<!-- students:end -->")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m helpers students", description="Build the ~80% and ~60% students "
+                                 "of the embedded teacher (resumable), then their table, trade-off plot and README "
+                                 "section. Recipes: helpers/recipes/release.py.")
+    ap.add_argument("--out", type=Path, default=None, help="where the students go (default runs/students, "
+                    "runs/students-smoke with --smoke)")
+    ap.add_argument("--only", nargs="+", choices=list(PRESETS), help="build only these students")
+    ap.add_argument("--smoke", action="store_true", help="the same recipes on a few hundred tokens (tests)")
+    ap.add_argument("--teacher", default=None, help="another teacher (alias, local folder, Hub id) for the same "
+                    "recipes; the README section is written only for the embedded one")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers students``: build, then write ``<out>/students.md``, ``<out>/students_tradeoff.png``
+    and (full budget, embedded teacher) the README's "Students you can use" block."""
+    from ..io import repo_root, write_file_atomically, write_text_atomically
+    from ..workbook.report import update_readme
+
+    args = _parser().parse_args(argv)
+    out = args.out or repo_root() / "runs" / ("students-smoke" if args.smoke else "students")
+    try:
+        folders = build_students(out, args.only, args.smoke, args.teacher)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"python -m helpers students: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    table = students_table(folders)
+    write_text_atomically(out / "students.md", "# Students you can use\n\n" + table + "\n## Recipes\n\n" + RECIPE_NOTES)
+    fig = plot_tradeoff(folders)
+    figure = write_file_atomically(out / "students_tradeoff.png", lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    print(f"[students] wrote {out / 'students.md'} and {figure}", flush=True)
+    if not args.smoke and not args.teacher and not args.only:
+        docs = repo_root() / "docs" / "figures" / "students_tradeoff.png"
+        write_file_atomically(docs, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+        update_readme(f"{table}\n![students_tradeoff](docs/figures/students_tradeoff.png)\n", markers=README_MARKERS)
+    return 0

@@ -1,0 +1,74 @@
+"""``make students`` (``python -m helpers students``): both presets end to end at the smoke budget, an interrupted
+build that resumes, the table, the trade-off plot and the model cards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from helpers.recipes import release as R
+from helpers.recipes.shrink import ShrinkOptions
+from tests.test_models import tiny_tokenizer
+
+
+@pytest.fixture
+def tiny_teacher(tiny_model, tmp_path):
+    """A 10-layer tiny Llama with a tokenizer, saved as a local folder (depth presets need layers to drop)."""
+    folder = tmp_path / "teacher"
+    tiny_model(num_hidden_layers=10, max_position_embeddings=128).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_presets_are_valid_shrink_options(tmp_path):
+    from helpers.recipes.shrink import check_options
+
+    for name in R.PRESETS:
+        for smoke in (False, True):
+            opts = R.preset_options(name, tmp_path, smoke)
+            assert isinstance(opts, ShrinkOptions) and opts.out == tmp_path / name
+            check_options(opts)
+    with pytest.raises(ValueError, match="student-80"):
+        R.preset_options("student-50", tmp_path)
+
+
+def test_students_build_resume_and_report(tiny_teacher, tmp_path, monkeypatch):
+    out = tmp_path / "students"
+    import helpers.recipes.shrink as S
+
+    calls = []
+    original = S.shrink
+
+    def crash_on_the_second(opts):
+        calls.append(opts.out.name)
+        if len(calls) == 2:
+            monkeypatch.setattr("helpers.distill.save_distilled", _crash)
+        return original(opts)
+
+    monkeypatch.setattr(S, "shrink", crash_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        R.main(["--smoke", "--out", str(out), "--teacher", str(tiny_teacher)])
+    first = out / "student-80"
+    assert (first / "recipe.json").is_file() and not (out / "student-60").exists()
+    assert any((out / ".student-60.checkpoints").glob("checkpoint-*"))  # what finished stays
+    kept = (first / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.undo()
+    assert R.main(["--smoke", "--out", str(out), "--teacher", str(tiny_teacher)]) == 0
+    assert (first / "model.safetensors").stat().st_mtime_ns == kept  # finished student kept, not rebuilt
+    for name in R.PRESETS:
+        folder = out / name
+        AutoModelForCausalLM.from_pretrained(folder)  # stock transformers
+        recipe = json.loads((folder / "recipe.json").read_text())
+        assert recipe["parent"] == str(tiny_teacher) and recipe["options"]["kind"] == R.PRESETS[name]["kind"]
+        card = (folder / "README.md").read_text()
+        assert str(tiny_teacher) in card and "real-text perplexity" in card and "Recipe" in card
+    table = (out / "students.md").read_text()
+    assert "`student-80`" in table and "`student-60`" in table and "## Recipes" in table
+    assert (out / "students_tradeoff.png").stat().st_size > 0
+    assert not any((out).glob(".student-*.checkpoints"))
+
+
+def _crash(*args, **kwargs):
+    raise KeyboardInterrupt("killed while saving")
