@@ -79,6 +79,15 @@ def test_answer_agreement_of_the_teachers_own_greedy_answers(tiny_model):
         E.answer_agreement(teacher, tok, PROMPTS, answers[:2])
 
 
+def test_an_empty_answer_is_read_as_the_end_of_the_turn(tiny_model):
+    teacher, tok = tiny_model(), tiny_tokenizer()
+    empty = E.answer_agreement(teacher, tok, PROMPTS, ["", "  "] + ["t40"] * (len(PROMPTS) - 2), use_autocast=False)
+    eos = E.answer_agreement(teacher, tok, PROMPTS[:1], [tok.decode([tok.eos_token_id])], use_autocast=False)
+    assert empty.teacher_nll.window_tokens[:2] == (1, 1)  # one scored token each: the end of the turn
+    assert math.isclose(empty.teacher_nll.window_nll[0], eos.teacher_nll.window_nll[0], rel_tol=1e-5)
+    assert math.isfinite(empty.logprob)
+
+
 @pytest.fixture
 def fixed_rows():
     tok = tiny_tokenizer()

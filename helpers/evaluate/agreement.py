@@ -4,6 +4,8 @@ Two numbers per answer (the automatic agreement score of sequence-level and on-p
 the teacher's log-likelihood of the answer's tokens (per token; higher = an answer the teacher would more likely
 have written) and top-1 agreement (the share of answer tokens that are the teacher's own most likely next token).
 Both reward short, repetitive answers a little: read them beside the answers themselves and their lengths.
+An empty answer (the model ended its turn at once, or wrote only whitespace) is read as the end-of-turn token alone:
+how likely the teacher was to stop right there. So a badly pruned model that answers nothing still gets a score.
 """
 
 from __future__ import annotations
@@ -44,14 +46,12 @@ def answer_agreement(teacher, tokenizer, prompts: list[str], answers: list[str],
                      use_autocast: bool = True) -> AnswerAgreement:
     """Score ``answers[i]`` (text) after the chat-templated ``prompts[i]`` with ``teacher``; see the module doc.
 
-    Rows are right-padded (padding and prompt tokens are not scored), so each answer is read exactly as written.
+    Rows are right-padded (padding and prompt tokens are not scored), so each answer is read exactly as written;
+    an empty answer is read as ``tokenizer.eos_token_id`` alone (the end of the turn).
     """
     if len(prompts) != len(answers) or not prompts:
         raise ValueError(f"need one answer per prompt (>= 1), got {len(prompts)} prompts and {len(answers)} answers")
-    rows = [(prompt_ids(tokenizer, p), tokenizer(a, add_special_tokens=False)["input_ids"]) for p, a in
-            zip(prompts, answers)]
-    if not any(a for _, a in rows):
-        raise ValueError("every answer is empty: nothing to score")
+    rows = [(prompt_ids(tokenizer, p), _answer_ids(tokenizer, a)) for p, a in zip(prompts, answers)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     nll_sums: list[float] = []
     tokens: list[int] = []
@@ -83,3 +83,13 @@ def answer_agreement(teacher, tokenizer, prompts: list[str], answers: list[str],
                         tuple(nll_sums), tuple(tokens))
     hits_total = sum(t * n for t, n in zip(top1, tokens))
     return AnswerAgreement(result, hits_total / total, tuple(top1), total / len(rows))
+
+
+def _answer_ids(tokenizer, answer: str) -> list[int]:
+    """The answer's token ids; an empty answer is the end-of-turn token alone (the model stopped at once)."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if ids:
+        return ids
+    if tokenizer.eos_token_id is None:
+        raise ValueError("an answer is empty and the tokenizer has no eos_token_id to read it as the end of the turn")
+    return [tokenizer.eos_token_id]
