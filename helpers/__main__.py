@@ -54,11 +54,17 @@ def _run(argv: list[str]) -> int:
                                  "papermill: an estimate first, progress per notebook, the actual times at the end.")
     ap.add_argument("--scale", default=os.environ.get("WORKBOOK_SCALE", "laptop"), choices=SCALES)
     ap.add_argument("--clean", action="store_true", help="rerun notebooks that already finished at this scale")
+    ap.add_argument("--declare-work", metavar="MACHINE", help="run nothing: write the last run's measured work into "
+                    "the notebooks' metadata (their estimates on a fresh clone), noting MACHINE, e.g. '2-core Xeon'")
     ap.add_argument("notebooks", nargs="*", type=Path, help="only these notebooks (default: notebooks/NN_*.ipynb)")
     args = ap.parse_args(argv)
     os.environ["WORKBOOK_SCALE"] = args.scale  # before runs_dir() is resolved
-    from .workbook.runner import run_notebooks
+    from .workbook.runner import declare_work, run_notebooks
 
+    if args.declare_work:
+        updated = declare_work(args.scale, args.declare_work, args.notebooks or None)
+        print(f"declared the measured {args.scale} work of {', '.join(updated) or 'no notebook (nothing measured)'}")
+        return 0
     return run_notebooks(args.scale, args.notebooks or None, args.clean)
 
 

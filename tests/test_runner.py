@@ -61,3 +61,16 @@ def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(runs, capsys)
     assert "01_bad.ipynb failed in cell 1" in out and "RuntimeError: boom in cell two" in out
     assert not (runs / "runs" / "notebooks" / "02_after.ipynb").exists(), "nothing runs after a failure"
     assert not runner.plan("smoke", [bad])[0].reuse, "a failed notebook is not reused"
+
+
+def test_declare_work_writes_the_measured_work_into_the_notebook(runs):
+    nb = _notebook(runs / "00_a.ipynb", "x = 1", work={"smoke": 500.0, "laptop": 7.0})
+    other = _notebook(runs / "01_b.ipynb", "y = 1")
+    assert runner.run_notebooks("smoke", [nb]) == 0
+    measured = json.loads((runs / "runs" / "notebooks" / "timings.json").read_text())["00_a.ipynb"]["work_gflop"]
+    assert runner.declare_work("smoke", "test box", [nb, other]) == ["00_a.ipynb"]  # 01_b never ran: left alone
+    meta = json.loads(nb.read_text())["metadata"]["workbook"]
+    assert meta["work_gflop"] == {"smoke": measured, "laptop": 7.0} and "test box" in meta["work_note"]
+    assert "workbook" not in json.loads(other.read_text())["metadata"]
+    with pytest.raises(ValueError, match="Unknown scale"):
+        runner.declare_work("huge", "x")

@@ -5,6 +5,8 @@ Before it starts, a few seconds of matrix products measure this machine's speed 
 notebooks will use: bf16 autocast where the CPU has native bf16, else fp32). Each notebook declares its work at each
 scale in its metadata (``metadata.workbook.work_gflop``: seconds x GFLOP/s of a measured run); after a run, the work
 measured here (``runs/<scale>/notebooks/timings.json``) replaces the declaration. Estimate = work / speed.
+:func:`declare_work` (``python -m helpers run --declare-work``) writes a run's measured work back into the notebooks'
+metadata, so a fresh clone's first run estimates from it.
 
 A notebook whose executed copy in ``runs/<scale>/notebooks/`` finished without error and is newer than its source is
 reused (its artifacts are on disk) unless ``clean`` is asked for. A failing notebook stops the run with its name,
@@ -22,11 +24,11 @@ from pathlib import Path
 import torch
 
 from ..hardware import fast_dtype
-from ..io import repo_root, write_json_atomically
+from ..io import repo_root, write_json_atomically, write_text_atomically
 from .runs import runs_dir
 from .scales import SCALES
 
-__all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks", "timings_path"]
+__all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks", "timings_path", "declare_work"]
 
 
 @dataclass
@@ -151,3 +153,26 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
         write_json_atomically(timings_path(), timings)
     print("Actual times: " + (", ".join(f"{n} {_minutes(s)}" for n, s in actual.items()) or "nothing ran"))
     return 0
+
+
+def declare_work(scale_name: str, machine: str, notebooks: list[Path] | None = None) -> list[str]:
+    """Write each measured notebook's work (``timings.json`` of ``scale_name``) into its source's
+    ``metadata.workbook.work_gflop[scale_name]`` with a ``work_note`` naming ``machine``. Returns the notebooks
+    updated; one without a measurement at this scale is left as it is."""
+    if scale_name not in SCALES:
+        raise ValueError(f"Unknown scale {scale_name!r}; use one of {SCALES}.")
+    os.environ["WORKBOOK_SCALE"] = scale_name
+    timings = _load_timings()
+    updated = []
+    for source in notebooks or sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        t = timings.get(Path(source).name)
+        if t is None:
+            continue
+        nb = json.loads(Path(source).read_text())
+        meta = nb.setdefault("metadata", {}).setdefault("workbook", {})
+        meta.setdefault("work_gflop", {})[scale_name] = t["work_gflop"]
+        meta["work_note"] = (f"seconds x GFLOP/s of a measured make run (helpers.workbook.runner); {scale_name}: "
+                             f"{t['seconds']:.0f} s at {t['gflops']:.0f} GFLOP/s ({t.get('dtype', '?')}), {machine}")
+        write_text_atomically(source, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+        updated.append(Path(source).name)
+    return updated
