@@ -6,6 +6,7 @@ import json
 
 import nbformat
 import pytest
+import torch
 
 from helpers.workbook import runner
 
@@ -23,7 +24,7 @@ def _notebook(path, *sources, work=None):
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setattr(runner, "calibrate", lambda seconds=2.0, size=1024: 100.0)
+    monkeypatch.setattr(runner, "calibrate", lambda seconds=2.0, size=1024, dtype=None: 100.0)
     return tmp_path
 
 
@@ -74,3 +75,14 @@ def test_declare_work_writes_the_measured_work_into_the_notebook(runs):
     assert "workbook" not in json.loads(other.read_text())["metadata"]
     with pytest.raises(ValueError, match="Unknown scale"):
         runner.declare_work("huge", "x")
+
+
+def test_the_runner_says_when_fp32_is_faster_than_bf16(monkeypatch, capsys):
+    monkeypatch.setattr(runner, "fast_dtype", lambda device=None: torch.bfloat16)
+    monkeypatch.setattr(runner, "calibrate", lambda seconds=2.0, size=1024, dtype=None: 250.0)
+    runner._warn_if_fp32_is_faster(150.0)
+    assert "WORKBOOK_BF16=0" in capsys.readouterr().out
+    runner._warn_if_fp32_is_faster(300.0)  # bf16 faster: nothing to say
+    monkeypatch.setattr(runner, "fast_dtype", lambda device=None: torch.float32)
+    runner._warn_if_fp32_is_faster(10.0)  # already fp32
+    assert capsys.readouterr().out == ""

@@ -44,11 +44,11 @@ class NotebookPlan:
         return None if self.work_gflop is None else self.work_gflop / gflops
 
 
-def calibrate(seconds: float = 2.0, size: int = 1024) -> float:
-    """Effective GFLOP/s of ``size`` x ``size`` matrix products on this CPU, in the notebooks' precision, over
-    about ``seconds`` (after one warm-up product)."""
+def calibrate(seconds: float = 2.0, size: int = 1024, dtype: torch.dtype | None = None) -> float:
+    """Effective GFLOP/s of ``size`` x ``size`` matrix products on this CPU, in ``dtype`` (default: the notebooks'
+    precision), over about ``seconds`` (after one warm-up product)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    dtype = fast_dtype("cpu")
+    dtype = dtype or fast_dtype("cpu")
     context = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
     with context:
         a @ b
@@ -122,6 +122,17 @@ def _print_plan(plans: list[NotebookPlan], gflops: float) -> None:
         print(f"  total about {_minutes(sum(todo))}; `make run CLEAN=1` starts from scratch")
 
 
+def _warn_if_fp32_is_faster(gflops: float) -> None:
+    """Some CPUs report native bf16 yet run bf16 matrix products slower than fp32 (measured: a 2-core Xeon with
+    AVX512-BF16 and no AMX, 163 vs 257 GFLOP/s): say so, and how to compute in fp32."""
+    if fast_dtype("cpu") == torch.float32:
+        return
+    fp32 = calibrate(dtype=torch.float32)
+    if fp32 > 1.1 * gflops:
+        print(f"Note: on this CPU fp32 matrix products are faster than bf16 ({fp32:.0f} vs {gflops:.0f} GFLOP/s): "
+              "`WORKBOOK_BF16=0 make run` computes in fp32 and should finish sooner.", flush=True)
+
+
 def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: bool = False) -> int:
     """Execute the notebooks at ``scale_name`` with papermill; 0 when all finished, 1 on the first failure."""
     import papermill
@@ -130,6 +141,7 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
     plans = plan(scale_name, notebooks, clean)
     gflops = calibrate()
     _print_plan(plans, gflops)
+    _warn_if_fp32_is_faster(gflops)
     timings, actual = _load_timings(), {}
     for k, p in enumerate(plans, 1):
         if p.reuse:
