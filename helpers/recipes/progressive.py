@@ -50,4 +50,6 @@ def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: d
     """A new model: ``model`` (unchanged) pruned to ``sizes`` by activation importance measured on ``model``
     itself with ``batches`` (``[batch, block]`` token ids). Pass ``importance`` (``estimate_importance(model,
     batches)``, measured once) to prune one model to several sizes without measuring it again."""
-    return prune_width(model, importance or estimate_importance(model, batches, progress=False), **sizes)
+    if importance is None:
+        importance = estimate_importance(model, batches, progress=False)
+    return prune_width(model, importance, **sizes)
