@@ -10,7 +10,6 @@ import torch
 from helpers import distill as D
 from helpers import evaluate as E
 from helpers import recipes as R
-from helpers.importance import estimate_importance
 from helpers.pruning import count_parameters
 from tests.test_models import tiny_tokenizer
 
@@ -24,10 +23,6 @@ def test_assistant_holds_the_student_and_prunes_to_it(tiny_model, tiny_batches):
     assert all(sizes[k] >= student[k] for k in student)
     assistant = R.prune_width_to(teacher, tiny_batches, sizes)
     assert count_parameters(assistant.config) < count_parameters(teacher.config)
-    measured_once = R.prune_width_to(teacher, tiny_batches, sizes,
-                                     importance=estimate_importance(teacher, tiny_batches, progress=False))
-    for a, b in zip(assistant.state_dict().values(), measured_once.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
     pruned = R.prune_width_to(assistant, tiny_batches, student)
     assert {k: getattr(pruned.config, k) for k in student} == student
     with pytest.raises(ValueError, match="keeps every axis|No width candidate"):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ..importance import Importance, estimate_importance
+from ..importance import estimate_importance
 from ..pruning import candidate_architectures, count_parameters, prune_width
 from .students import WIDTH_AXES, _unevenness
 
@@ -45,11 +45,7 @@ def assistant_sizes(config: PretrainedConfig, student: dict[str, int], ratio: fl
     return width_sizes(min(fits, key=lambda c: (round(abs(c["error"]), 2), round(_unevenness(config, c), 2))))
 
 
-def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: dict[str, int],
-                   importance: Importance | None = None) -> PreTrainedModel:
+def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: dict[str, int]) -> PreTrainedModel:
     """A new model: ``model`` (unchanged) pruned to ``sizes`` by activation importance measured on ``model``
-    itself with ``batches`` (``[batch, block]`` token ids). Pass ``importance`` (``estimate_importance(model,
-    batches)``, measured once) to prune one model to several sizes without measuring it again."""
-    if importance is None:
-        importance = estimate_importance(model, batches, progress=False)
-    return prune_width(model, importance, **sizes)
+    itself with ``batches`` (``[batch, block]`` token ids)."""
+    return prune_width(model, estimate_importance(model, batches, progress=False), **sizes)

@@ -123,8 +123,8 @@ def _print_plan(plans: list[NotebookPlan], gflops: float) -> None:
 
 
 def _warn_if_fp32_is_faster(gflops: float) -> None:
-    """Some CPUs report native bf16 yet run bf16 matrix products slower than fp32 (measured: a 2-core Xeon with
-    AVX512-BF16 and no AMX, 163 vs 257 GFLOP/s): say so, and how to compute in fp32."""
+    """Some CPUs report native bf16 yet run bf16 matrix products slower than fp32 (e.g. a Xeon with AVX512-BF16 and
+    no AMX): say so, and how to compute in fp32."""
     if fast_dtype("cpu") == torch.float32:
         return
     fp32 = calibrate(dtype=torch.float32)
