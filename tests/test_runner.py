@@ -77,12 +77,15 @@ def test_declare_work_writes_the_measured_work_into_the_notebook(runs):
         runner.declare_work("huge", "x")
 
 
-def test_the_runner_says_when_fp32_is_faster_than_bf16(monkeypatch, capsys):
-    monkeypatch.setattr(runner, "fast_dtype", lambda device=None: torch.bfloat16)
-    monkeypatch.setattr(runner, "calibrate", lambda seconds=2.0, size=1024, dtype=None: 250.0)
-    runner._warn_if_fp32_is_faster(150.0)
-    assert "WORKBOOK_BF16=0" in capsys.readouterr().out
-    runner._warn_if_fp32_is_faster(300.0)  # bf16 faster: nothing to say
-    monkeypatch.setattr(runner, "fast_dtype", lambda device=None: torch.float32)
-    runner._warn_if_fp32_is_faster(10.0)  # already fp32
+def test_the_runner_says_which_precision_it_measured(monkeypatch, capsys):
+    monkeypatch.delenv("WORKBOOK_BF16", raising=False)
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner, "cpu_precision", lambda: {"dtype": "float32", "float32": 250.0, "bfloat16": 150.0})
+    runner._explain_precision()
+    out = capsys.readouterr().out
+    assert "float32" in out and "250" in out and "150" in out and "WORKBOOK_BF16" in out
+    monkeypatch.setattr(runner, "cpu_precision", lambda: {"dtype": "float32", "float32": None, "bfloat16": None})
+    runner._explain_precision()  # no native bf16: nothing was measured, nothing to say
+    monkeypatch.setenv("WORKBOOK_BF16", "0")
+    runner._explain_precision()  # the user chose
     assert capsys.readouterr().out == ""

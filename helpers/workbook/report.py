@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..hardware import cpu_has_fast_bf16, fast_dtype
+from ..hardware import cpu_has_fast_bf16, cpu_precision, fast_dtype
 from ..io import repo_root, write_text_atomically
 from .runner import timings_path
 from .runs import load_metrics, results_table, runs_dir, write_results_csv
@@ -45,7 +45,11 @@ def machine_line() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = "unknown CPU"
-    bf16 = "AVX512-BF16/AMX (native bf16)" if cpu_has_fast_bf16() else "no native bf16"
+    bf16 = "no native bf16"
+    if cpu_has_fast_bf16():
+        speeds = cpu_precision()
+        bf16 = (f"native bf16 (matrix products measured at {speeds['float32']:.0f} GFLOP/s in fp32, "
+                f"{speeds['bfloat16']:.0f} in bf16)")
     return (f"Machine: {model}, {os.cpu_count()} cores, {bf16}; notebooks computed in "
             f"{str(fast_dtype('cpu')).replace('torch.', '')}.")
 

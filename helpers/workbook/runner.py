@@ -2,8 +2,8 @@
 a clear stop on failure.
 
 Before it starts, a few seconds of matrix products measure this machine's speed (GFLOP/s, in the precision the
-notebooks will use: bf16 autocast where the CPU has native bf16, else fp32). Each notebook declares its work at each
-scale in its metadata (``metadata.workbook.work_gflop``: seconds x GFLOP/s of a measured run); after a run, the work
+notebooks will use: :func:`helpers.hardware.fast_dtype`, bf16 autocast where this CPU measured it faster, else
+fp32). Each notebook declares its work at each scale in its metadata (``metadata.workbook.work_gflop``: seconds x GFLOP/s of a measured run); after a run, the work
 measured here (``runs/<scale>/notebooks/timings.json``) replaces the declaration. Estimate = work / speed.
 :func:`declare_work` (``python -m helpers run --declare-work``) writes a run's measured work back into the notebooks'
 metadata, so a fresh clone's first run estimates from it.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..hardware import fast_dtype
+from ..hardware import cpu_precision, fast_dtype
 from ..io import repo_root, write_json_atomically, write_text_atomically
 from .runs import runs_dir
 from .scales import SCALES
@@ -122,15 +122,15 @@ def _print_plan(plans: list[NotebookPlan], gflops: float) -> None:
         print(f"  total about {_minutes(sum(todo))}; `make run CLEAN=1` starts from scratch")
 
 
-def _warn_if_fp32_is_faster(gflops: float) -> None:
-    """Some CPUs report native bf16 yet run bf16 matrix products slower than fp32 (e.g. a Xeon with AVX512-BF16 and
-    no AMX): say so, and how to compute in fp32."""
-    if fast_dtype("cpu") == torch.float32:
+def _explain_precision() -> None:
+    """Say which precision the notebooks will use and why: the one-off measurement of :func:`cpu_precision` (some
+    CPUs report native bf16 yet multiply bf16 matrices slower than fp32, e.g. a Xeon with AVX512-BF16 and no AMX)."""
+    if torch.cuda.is_available() or os.environ.get("WORKBOOK_BF16", "auto") != "auto":
         return
-    fp32 = calibrate(dtype=torch.float32)
-    if fp32 > 1.1 * gflops:
-        print(f"Note: on this CPU fp32 matrix products are faster than bf16 ({fp32:.0f} vs {gflops:.0f} GFLOP/s): "
-              "`WORKBOOK_BF16=0 make run` computes in fp32 and should finish sooner.", flush=True)
+    measured = cpu_precision()
+    if measured["bfloat16"] is not None:
+        print(f"Precision: {measured['dtype']} (measured once on this CPU: fp32 {measured['float32']:.0f}, bf16 "
+              f"{measured['bfloat16']:.0f} GFLOP/s; WORKBOOK_BF16=0 or 1 overrides).", flush=True)
 
 
 def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: bool = False) -> int:
@@ -141,7 +141,7 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
     plans = plan(scale_name, notebooks, clean)
     gflops = calibrate()
     _print_plan(plans, gflops)
-    _warn_if_fp32_is_faster(gflops)
+    _explain_precision()
     timings, actual = _load_timings(), {}
     for k, p in enumerate(plans, 1):
         if p.reuse:
