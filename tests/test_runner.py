@@ -89,3 +89,31 @@ def test_the_runner_says_which_precision_it_measured(monkeypatch, capsys):
     monkeypatch.setenv("WORKBOOK_BF16", "0")
     runner._explain_precision()  # the user chose
     assert capsys.readouterr().out == ""
+
+
+def test_the_watchdog_kills_an_idle_child_and_spares_a_busy_one():
+    import subprocess
+    import sys
+
+    from helpers.workbook.watchdog import KernelWatchdog
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    with KernelWatchdog(stall_s=1.0, poll_s=0.1) as dog:
+        busy.wait(timeout=10)
+    assert not dog.stalled and busy.returncode == 0
+    idle = subprocess.Popen(["sleep", "30"])
+    with KernelWatchdog(stall_s=0.5, poll_s=0.1) as dog:
+        idle.wait(timeout=10)
+    assert dog.stalled and idle.returncode == -9
+
+
+def test_a_hung_kernel_is_killed_retried_once_then_reported(runs, monkeypatch, capsys):
+    monkeypatch.setenv("WORKBOOK_STALL_MINUTES", "0.05")  # 3 s without CPU work counts as a hang
+    hung = _notebook(runs / "03_hung.ipynb", "import time\ntime.sleep(120)")
+    assert runner.run_notebooks("smoke", [hung]) == 1
+    out = capsys.readouterr().out
+    assert "attempt 1 of 2" in out and "attempt 2 of 2" in out and "03_hung.ipynb hung twice" in out
+    assert not runner.plan("smoke", [hung])[0].reuse
+    monkeypatch.setenv("WORKBOOK_STALL_MINUTES", "soon")
+    with pytest.raises(ValueError, match="WORKBOOK_STALL_MINUTES='soon'"):
+        runner.run_notebooks("smoke", [hung])

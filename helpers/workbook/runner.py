@@ -9,7 +9,9 @@ measured here (``runs/<scale>/notebooks/timings.json``) replaces the declaration
 metadata, so a fresh clone's first run estimates from it.
 
 A notebook whose executed copy in ``runs/<scale>/notebooks/`` finished without error and is newer than its source is
-reused (its artifacts are on disk) unless ``clean`` is asked for. A failing notebook stops the run with its name,
+reused (its artifacts are on disk) unless ``clean`` is asked for. A kernel that hangs (no CPU progress for
+``WORKBOOK_STALL_MINUTES`` while a cell runs) is killed and its notebook started once more
+(:mod:`helpers.workbook.watchdog`). A failing notebook stops the run with its name,
 the cell and the error; what finished stays.
 """
 
@@ -27,6 +29,7 @@ from ..hardware import cpu_precision, fast_dtype
 from ..io import repo_root, write_json_atomically, write_text_atomically
 from .runs import runs_dir
 from .scales import SCALES
+from .watchdog import KernelWatchdog, stall_seconds
 
 __all__ = ["NotebookPlan", "calibrate", "plan", "run_notebooks", "timings_path", "declare_work"]
 
@@ -133,12 +136,48 @@ def _explain_precision() -> None:
               f"{measured['bfloat16']:.0f} GFLOP/s; WORKBOOK_BF16=0 or 1 overrides).", flush=True)
 
 
+class _Stalled(RuntimeError):
+    """A notebook's kernel stopped working mid-cell, on every attempt."""
+
+
+def _execute(p: NotebookPlan, stall_s: float, attempts: int = 2) -> float:
+    """Run one notebook with papermill under a :class:`KernelWatchdog`; a hung kernel is killed and the notebook
+    started again (``attempts`` in all). Returns the seconds of the attempt that finished."""
+    import papermill
+
+    for attempt in range(1, attempts + 1):
+        start = time.perf_counter()
+        with KernelWatchdog(stall_s) as watchdog:
+            try:
+                papermill.execute_notebook(str(p.source), str(p.output), kernel_name="python3",
+                                           cwd=str(p.source.parent), progress_bar=True)
+            except Exception:
+                if not watchdog.stalled:
+                    raise
+        if not watchdog.stalled:
+            return time.perf_counter() - start
+        print(f"\n{p.source.name}: the kernel did no work for {stall_s / 60:.0f} minutes while a cell was running "
+              f"(a hung kernel); killed it (attempt {attempt} of {attempts}).", flush=True)
+        _mark_unfinished(p.output)
+    raise _Stalled(p.source.name)
+
+
+def _mark_unfinished(output: Path) -> None:
+    """Flag a killed run's executed copy so that :func:`_finished` never takes it for a finished one."""
+    try:
+        nb = json.loads(output.read_text())
+    except (OSError, ValueError):
+        return
+    nb.setdefault("metadata", {}).setdefault("papermill", {})["exception"] = True
+    write_text_atomically(output, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: bool = False) -> int:
     """Execute the notebooks at ``scale_name`` with papermill; 0 when all finished, 1 on the first failure."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     plans = plan(scale_name, notebooks, clean)
+    stall_s = stall_seconds()
     gflops = calibrate()
     _print_plan(plans, gflops)
     _explain_precision()
@@ -149,16 +188,17 @@ def run_notebooks(scale_name: str, notebooks: list[Path] | None = None, clean: b
         print(f"== [{k}/{len(plans)}] {p.source.name} (WORKBOOK_SCALE={scale_name}, "
               f"estimate {_minutes(p.estimate_s(gflops))})", flush=True)
         p.output.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(p.source), str(p.output), kernel_name="python3",
-                                       cwd=str(p.source.parent), progress_bar=True)
+            seconds = _execute(p, stall_s)
         except PapermillExecutionError as err:
             print(f"\nmake run stopped: {p.source.name} failed in cell {err.cell_index} (execution count "
                   f"{err.exec_count}): {err.ename}: {err.evalue}\nThe executed copy up to that cell is {p.output}; "
                   "the notebooks before it finished and are kept.")
             return 1
-        seconds = time.perf_counter() - start
+        except _Stalled:
+            print(f"\nmake run stopped: {p.source.name} hung twice (its kernel did no work for "
+                  f"{stall_s / 60:.0f} minutes while a cell was running). The notebooks before it finished and are kept.")
+            return 1
         actual[p.source.name] = seconds
         timings[p.source.name] = {"seconds": round(seconds, 1), "gflops": round(gflops, 1),
                                   "work_gflop": round(seconds * gflops, 1), "dtype": _precision()}
