@@ -12,6 +12,7 @@ from .lab import VERDICTS, Claim, claim_verdict, ensure_models, prune_depth_iter
 from .lottery import TICKET_KINDS, TicketResult, lottery_tickets, small_model
 from .release import PRESETS, build_students, plot_tradeoff, students_table
 from .progressive import assistant_sizes, prune_width_to, width_sizes
+from .scores import cached_importance, importance_path
 from .students import (DEPTH_CRITERION, STUDENT_KINDS, TARGET_RATIO, WIDTH_AXES, build_student,
                        load_or_build_student, save_student, student_name, target_architectures)
 
@@ -21,4 +22,4 @@ __all__ = ["STUDENT_KINDS", "TARGET_RATIO", "DEPTH_CRITERION", "WIDTH_AXES", "st
            "prune_width_to", "VERDICTS", "Claim", "claim_verdict", "ensure_models", "prune_depth_iteratively",
            "scratch_model", "TICKET_KINDS", "TicketResult", "small_model", "lottery_tickets",
            "StudentEvaluation", "evaluate_student", "flops_per_token", "student_card", "PRESETS", "build_students",
-           "students_table", "plot_tradeoff"]
+           "students_table", "plot_tradeoff", "cached_importance", "importance_path"]

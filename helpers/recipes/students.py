@@ -23,6 +23,7 @@ from ..importance import estimate_importance, layer_importance
 from ..models import DEFAULT_TEACHER, load_model, save_model
 from ..pruning import candidate_architectures, count_parameters, prune_depth, prune_width, pruning_recipe
 from ..workbook import model_dir
+from .scores import cached_importance
 
 __all__ = ["STUDENT_KINDS", "TARGET_RATIO", "DEPTH_CRITERION", "WIDTH_AXES", "student_name", "target_architectures",
            "build_student", "save_student", "load_or_build_student"]
@@ -64,13 +65,16 @@ def _unevenness(config: PretrainedConfig, candidate: dict[str, Any]) -> float:
 
 
 def build_student(
-    kind: str, teacher: PreTrainedModel, batches: list[torch.Tensor], ratio: float = TARGET_RATIO
+    kind: str, teacher: PreTrainedModel, batches: list[torch.Tensor], ratio: float = TARGET_RATIO,
+    teacher_name: str | None = None,
 ) -> PreTrainedModel:
-    """Prune a new student of ``kind`` from ``teacher`` (unchanged) with activation importance on ``batches``."""
+    """Prune a new student of ``kind`` from ``teacher`` (unchanged) with activation importance on ``batches``
+    (reused from :func:`~helpers.recipes.scores.cached_importance` when ``teacher_name`` names the teacher)."""
     student_name(kind)
     target = target_architectures(teacher.config, ratio)[kind]
     if kind == "width":
-        imp = estimate_importance(teacher, batches, progress=False)
+        imp = (cached_importance(teacher, batches, teacher_name) if teacher_name
+               else estimate_importance(teacher, batches, progress=False))
         sizes = {a: target[a] for a in (*WIDTH_AXES, "num_key_value_heads")}
         return prune_width(teacher, imp, **sizes)
     imp = layer_importance(teacher, batches[:2], criteria=(DEPTH_CRITERION,), progress=False)
@@ -97,5 +101,5 @@ def load_or_build_student(
         student, _ = load_model(str(path), device=teacher.device)
         return student, path
     print(f"{path} is missing: recreating the {kind}-pruned student at the {scale!r} scale ...")
-    student = build_student(kind, teacher, calibration_batches(tokenizer, scale))
+    student = build_student(kind, teacher, calibration_batches(tokenizer, scale), teacher_name=parent)
     return student, save_student(kind, student, tokenizer, parent, scale=scale)
