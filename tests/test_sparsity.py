@@ -118,5 +118,7 @@ def test_lottery_tickets_train_every_kind_at_growing_sparsity(tiny_model):
     for kind in R.TICKET_KINDS:
         assert by[(kind, 1)].sparsity == pytest.approx(0.5, abs=0.02) and by[(kind, 2)].sparsity == pytest.approx(0.75, abs=0.02)
     assert all(r.eval.n_windows == 4 for r in results)
+    # equal training for all: the rewound starts (theta_1) train 3 more steps on the batches after the first
+    assert {r.tokens_seen for r in results} == {4 * 4 * 16}  # 4 steps x 4 rows of 16 tokens, for every model
     with pytest.raises(ValueError, match="rewind_step"):
         R.lottery_tickets(small, blocks, blocks[:4], steps=4, rounds=1, rewind_step=4)
