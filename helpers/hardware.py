@@ -2,7 +2,7 @@
 
 On CPUs with fast native bf16 (AMX, or AVX512-BF16 on some cores) ``torch.autocast("cpu", torch.bfloat16)`` makes
 forward passes ~2x faster; but some CPUs report AVX512-BF16 and still multiply bf16 matrices *slower* than fp32
-(measured on a 2-core Xeon without AMX: 158 vs 276 GFLOP/s). So the CPU precision is chosen by a measurement, not by a
+(seen on a 2-core Xeon without AMX). So the CPU precision is chosen by a measurement, not by a
 flag: :func:`cpu_precision` times the model's MLP-shaped matrix product in both precisions (about 2 s, interleaved,
 best of three) once per machine, stores the result in ``~/.cache/prune-distill-workbook/cpu_precision.json`` (keyed
 by CPU model, torch version and thread count; ``WORKBOOK_CACHE`` moves it; delete it to measure again) and picks
