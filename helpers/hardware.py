@@ -24,7 +24,7 @@ import torch
 from .io import write_json_atomically
 
 __all__ = ["BF16_MARGIN", "best_device", "cpu_has_fast_bf16", "cpu_precision", "measure_cpu_precision",
-           "fast_dtype", "autocast"]
+           "matmul_gflops", "fast_dtype", "autocast"]
 
 BF16_MARGIN = 1.1  # bf16 must be this much faster than fp32 to be worth its rounding
 
@@ -51,7 +51,7 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _matmul_gflops(dtype: torch.dtype, seconds: float, rows: int = 512, k: int = 576, n: int = 1536) -> float:
+def matmul_gflops(dtype: torch.dtype, seconds: float, rows: int = 512, k: int = 576, n: int = 1536) -> float:
     """GFLOP/s of ``(rows, k) @ (k, n)`` fp32 products (the teacher's ``up_proj`` on a 512-token block), computed
     under autocast in ``dtype`` (fp32: no autocast), over about ``seconds``."""
     a, b = torch.randn(rows, k), torch.randn(k, n)
@@ -71,7 +71,7 @@ def measure_cpu_precision(seconds: float = 0.3, rounds: int = 3) -> dict[str, fl
     best = {"float32": 0.0, "bfloat16": 0.0}
     for _ in range(rounds):
         for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-            best[name] = max(best[name], _matmul_gflops(dtype, seconds))
+            best[name] = max(best[name], matmul_gflops(dtype, seconds))
     return best
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..hardware import cpu_precision, fast_dtype
+from ..hardware import cpu_precision, fast_dtype, matmul_gflops
 from ..io import repo_root, write_json_atomically, write_text_atomically
 from .runs import runs_dir
 from .scales import SCALES
@@ -50,16 +50,7 @@ class NotebookPlan:
 def calibrate(seconds: float = 2.0, size: int = 1024, dtype: torch.dtype | None = None) -> float:
     """Effective GFLOP/s of ``size`` x ``size`` matrix products on this CPU, in ``dtype`` (default: the notebooks'
     precision), over about ``seconds`` (after one warm-up product)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    dtype = dtype or fast_dtype("cpu")
-    context = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else torch.autocast("cpu", enabled=False)
-    with context:
-        a @ b
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            n += 1
-    return 2 * size**3 * n / (time.perf_counter() - start) / 1e9
+    return matmul_gflops(dtype or fast_dtype("cpu"), seconds, rows=size, k=size, n=size)
 
 
 def _finished(source: Path, output: Path) -> bool:
