@@ -51,6 +51,5 @@ def cached_importance(model: PreTrainedModel, batches: list[torch.Tensor], name:
         except Exception as err:  # a damaged file costs one measurement, never the run
             print(f"{path} could not be read ({type(err).__name__}: {err}); measuring the scores again.")
     scores = estimate_importance(model, batches, progress=progress, **options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scores.save(path)
+    scores.save(path)  # atomic, creates the folder
     return scores
