@@ -178,9 +178,38 @@ def test_cached_perplexity_measures_once_and_tells_models_apart(tiny_model, tmp_
     again = E.cached_perplexity("m", a, blocks)
     assert again == first and len(calls) == 1, "the same weights on the same windows are measured once"
     assert E.cached_perplexity("m", b, blocks) != first and len(calls) == 2, "other weights: measured anew"
-    E.cached_perplexity("m", a, blocks[:2])
+    E.cached_perplexity("m", a, blocks.flip(1)[:2])
     assert len(calls) == 3, "other windows: measured anew"
     assert E.model_fingerprint(a) == E.model_fingerprint(tiny_model(seed=0)) != E.model_fingerprint(b)
+
+
+def test_cached_perplexity_reads_a_subset_of_measured_windows_off_the_record(tiny_model, tmp_path, monkeypatch):
+    from helpers import evaluate as E
+    from helpers.evaluate import cache
+
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    model = tiny_model(seed=0)
+    blocks = torch.randint(3, 128, (5, 16), generator=torch.Generator().manual_seed(0))
+    labels = blocks.clone()
+    labels[:, :6] = -100
+    calls = []
+    real = cache.perplexity
+    monkeypatch.setattr(cache, "perplexity", lambda *x, **k: calls.append(1) or real(*x, **k))
+    E.cached_perplexity("teacher", model, blocks)
+    E.cached_perplexity("teacher", model, blocks, labels=labels)
+    assert len(calls) == 2
+    for rows in ([0, 1, 2], [4, 1], [3]):
+        for lab in (None, labels[rows]):
+            got = E.cached_perplexity("other label", model, blocks[rows], labels=lab)
+            fresh = real(model, blocks[rows], labels=lab)
+            assert len(calls) == 2, "windows already measured for these weights are read off the record"
+            assert got.n_tokens == fresh.n_tokens and got.window_tokens == fresh.window_tokens
+            torch.testing.assert_close(got.nll, fresh.nll, rtol=1e-6, atol=1e-6)  # float32 batch sums
+            torch.testing.assert_close(got.window_nll, fresh.window_nll, rtol=1e-6, atol=1e-6)
+    E.cached_perplexity("teacher", model, torch.cat([blocks[:2], blocks[:1].flip(1)]))
+    assert len(calls) == 3, "a window never measured: the whole set is measured"
+    E.cached_perplexity("teacher", tiny_model(seed=1), blocks[:2])
+    assert len(calls) == 4, "other weights: measured anew"
 
 
 def test_compare_runs_uses_seed_bands_with_three_seeds_else_the_window_bootstrap():
