@@ -29,6 +29,24 @@ def test_assistant_holds_the_student_and_prunes_to_it(tiny_model, tiny_batches):
         R.assistant_sizes(teacher.config, {**student, "hidden_size": 64, "intermediate_size": 128}, 0.5, 0.05)
 
 
+def test_prune_width_to_reuses_the_named_models_cached_scores(tiny_model, tiny_batches, tmp_path, monkeypatch):
+    from helpers.recipes import scores
+
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    teacher = tiny_model()
+    sizes = {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4}
+    calls = []
+    real = scores.estimate_importance
+    monkeypatch.setattr(scores, "estimate_importance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = R.prune_width_to(teacher, tiny_batches, sizes, name="tiny-teacher")
+    again = R.prune_width_to(teacher, tiny_batches, sizes, name="tiny-teacher")
+    assert len(calls) == 1, "the teacher's scores are measured once and read back"
+    fresh = R.prune_width_to(teacher, tiny_batches, sizes)  # no name: measured, not cached
+    for model in (again, fresh):
+        for (n, a), b in zip(first.named_parameters(), model.parameters()):
+            torch.testing.assert_close(a, b, msg=n)
+
+
 def test_healed_students_evaluated_compared_and_saved(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
     teacher, pruned, tok = tiny_model(seed=0), tiny_model(seed=1), tiny_tokenizer()

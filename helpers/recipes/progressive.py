@@ -18,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..importance import estimate_importance
 from ..pruning import candidate_architectures, count_parameters, prune_width
+from .scores import cached_importance
 from .students import WIDTH_AXES, _unevenness
 
 __all__ = ["width_sizes", "assistant_sizes", "prune_width_to"]
@@ -45,7 +46,12 @@ def assistant_sizes(config: PretrainedConfig, student: dict[str, int], ratio: fl
     return width_sizes(min(fits, key=lambda c: (round(abs(c["error"]), 2), round(_unevenness(config, c), 2))))
 
 
-def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: dict[str, int]) -> PreTrainedModel:
+def prune_width_to(model: PreTrainedModel, batches: list[torch.Tensor], sizes: dict[str, int],
+                   name: str | None = None) -> PreTrainedModel:
     """A new model: ``model`` (unchanged) pruned to ``sizes`` by activation importance measured on ``model``
-    itself with ``batches`` (``[batch, block]`` token ids)."""
-    return prune_width(model, estimate_importance(model, batches, progress=False), **sizes)
+    itself with ``batches`` (``[batch, block]`` token ids). ``name`` (the teacher's alias, Hub id or folder) reuses
+    the scores :func:`~helpers.recipes.scores.cached_importance` stored for these weights and batches; leave it out
+    for a model trained in this session (its scores are measured)."""
+    scores = (cached_importance(model, batches, name) if name
+              else estimate_importance(model, batches, progress=False))
+    return prune_width(model, scores, **sizes)
