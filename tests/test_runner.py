@@ -52,6 +52,10 @@ def test_finished_notebooks_are_reused_and_measured_work_replaces_the_declaratio
     assert runner.run_notebooks("smoke", [nb]) == 0
     out = capsys.readouterr().out
     assert "reused (finished earlier)" in out and "Actual times: nothing ran" in out
+    runner.declare_work("smoke", "test box", [nb])  # metadata only: still finished
+    assert runner.plan("smoke", [nb])[0].reuse
+    _notebook(nb, "x = 2", work={"smoke": 500.0})  # an edited cell: runs again
+    assert not runner.plan("smoke", [nb])[0].reuse
 
 
 def test_a_failing_notebook_stops_the_run_naming_notebook_and_cell(runs, capsys):

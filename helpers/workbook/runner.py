@@ -8,8 +8,8 @@ measured here (``runs/<scale>/notebooks/timings.json``) replaces the declaration
 :func:`declare_work` (``python -m helpers run --declare-work``) writes a run's measured work back into the notebooks'
 metadata, so a fresh clone's first run estimates from it.
 
-A notebook whose executed copy in ``runs/<scale>/notebooks/`` finished without error and is newer than its source is
-reused (its artifacts are on disk) unless ``clean`` is asked for. A kernel that hangs (no CPU progress for
+A notebook whose executed copy in ``runs/<scale>/notebooks/`` finished without error and holds the source's current
+cells is reused (its artifacts are on disk) unless ``clean`` is asked for. A kernel that hangs (no CPU progress for
 ``WORKBOOK_STALL_MINUTES`` while a cell runs) is killed and its notebook started once more
 (:mod:`helpers.workbook.watchdog`). A failing notebook stops the run with its name,
 the cell and the error; what finished stays.
@@ -53,15 +53,21 @@ def calibrate(seconds: float = 2.0, size: int = 1024, dtype: torch.dtype | None 
     return matmul_gflops(dtype or fast_dtype("cpu"), seconds, rows=size, k=size, n=size)
 
 
+def _cells(notebook: dict) -> list[tuple[str, str]]:
+    """(type, source) of every cell but the one papermill injects with the parameters."""
+    return [(c.get("cell_type", ""), "".join(c.get("source", "")))
+            for c in notebook.get("cells", []) if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+
+
 def _finished(source: Path, output: Path) -> bool:
-    """The executed copy exists, is newer than the source, and papermill recorded an end without exception."""
-    if not output.is_file() or output.stat().st_mtime < source.stat().st_mtime:
-        return False
+    """The executed copy exists, holds the source's cells as they are now (metadata such as the declared work may
+    differ), and papermill recorded an end without exception."""
     try:
-        meta = json.loads(output.read_text()).get("metadata", {}).get("papermill", {})
+        executed, current = json.loads(output.read_text()), json.loads(source.read_text())
     except (OSError, ValueError):
         return False
-    return bool(meta.get("end_time")) and not meta.get("exception")
+    meta = executed.get("metadata", {}).get("papermill", {})
+    return bool(meta.get("end_time")) and not meta.get("exception") and _cells(executed) == _cells(current)
 
 
 def _precision() -> str:
