@@ -24,8 +24,9 @@ def test_baseline_rows_keep_the_full_split_row(tmp_path, monkeypatch):
 
 def _two_models(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "no-cache"))  # no teacher config: nothing derived from it
     runs.record_metrics("teacher", "00_teacher_tour", {"params": 134_515_008, "heldout_ppl": 8.2612,
-                                                      "decode_tokens_per_s": 31.25, "peak_memory_mib": 812.46})
+                                                      "decode_tokens_per_s": 31.25, "memory_mib": 812.46})
     runs.record_metrics("width 60%", "04_logit_distillation", {"params": 81_000_000, "heldout_ppl": 11.5,
                                                               "realtext_ppl": 19.004, "ppl_ratio": 1.392,
                                                               "log_recovery": 0.8734, "tokens_seen": 1_048_576})
@@ -78,7 +79,10 @@ def test_report_rows_name_parent_method_and_non_embedding_params_and_every_model
 
     monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
     monkeypatch.setenv("WORKBOOK_SCALE", "smoke")
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "cache"))  # a teacher cache holding only its config
     model = tiny_model()
+    (tmp_path / "cache" / "smollm2-135m-instruct").mkdir(parents=True)
+    model.config.to_json_file(tmp_path / "cache" / "smollm2-135m-instruct" / "config.json")
     params = sum(p.numel() for p in model.parameters())
     save_model(model, tiny_tokenizer(), model_dir("tiny_healed"), {"parent": "/x/width_pruned", "steps": [{"method": "distill"}]})
     record_metrics("tiny_healed", "nb", {"params": params, "heldout_ppl": 9.5})
@@ -91,6 +95,10 @@ def test_report_rows_name_parent_method_and_non_embedding_params_and_every_model
     assert (healed["parent"], healed["method"]) == ("width_pruned", "distill")
     assert int(healed["non_embedding_params"]) == params - 128 * 64  # tied embedding counted once
     assert rows["teacher"]["parent"] == ""
+    c = model.config  # weights + KV cache of 320 tokens at batch 1, fp32, by hand
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 320
+    assert float(healed["memory_mib"]) == round((params + kv) * 4 / 2**20, 1)
+    assert float(rows["teacher"]["memory_mib"]) == round((10 + kv) * 4 / 2**20, 1)  # config from the teacher cache
     for name in rows:  # every model the table lists with a checkpoint reloads with stock transformers
         if (model_dir(name) / "config.json").is_file():
             AutoModelForCausalLM.from_pretrained(model_dir(name))

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +24,7 @@ from ..hardware import autocast
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["PeakMemory", "Speed", "measure_speed", "compare_speed"]
+__all__ = ["PeakMemory", "Speed", "measure_speed", "compare_speed", "model_memory_mib"]
 
 
 class PeakMemory:
@@ -227,3 +227,18 @@ def compare_speed(
             runs[name].decode_s.append(decode)
             runs[name].add_memory(mem)
     return {name: _summarize(runs[name], prompt_tokens, new_tokens) for name in names}
+
+
+def model_memory_mib(config: Mapping[str, Any] | Any, params: int, tokens: int = 320, bytes_per_value: int = 4) -> float:
+    """What a model holds at batch 1 after ``tokens`` tokens (default 256 + 64, the speed runs), in MiB: its
+    ``params`` weights plus its KV cache, ``2 x num_hidden_layers x num_key_value_heads x head_dim x tokens``
+    values, at ``bytes_per_value`` each (4: fp32, the workbook's weights on a CPU).
+
+    Exact arithmetic from the config (a dict or a ``PretrainedConfig``), so it compares models measured in different
+    processes; the CPU resident set of a process holding several models cannot be split between them (:class:`PeakMemory`).
+    """
+    get = config.get if isinstance(config, Mapping) else (lambda k, d=None: getattr(config, k, d))
+    layers, heads, kv_heads = (as_int(k, get(k)) for k in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads"))
+    head_dim = get("head_dim") or as_int("hidden_size", get("hidden_size")) // heads
+    kv_values = 2 * layers * kv_heads * int(head_dim) * as_int("tokens", tokens)
+    return (as_int("params", params) + kv_values) * bytes_per_value / 2**20

@@ -46,7 +46,7 @@ class StudentEvaluation:
     realtext_ppl: dict[str, float]
     decode_tokens_per_s: dict[str, float]
     prefill_tokens_per_s: dict[str, float]
-    added_memory_mib: dict[str, float]
+    memory_mib: dict[str, float]
     flops_per_token: dict[str, int]
     generations: list[dict[str, str]] = field(default_factory=list)
 
@@ -81,7 +81,7 @@ class StudentEvaluation:
             out[f"{which}_ppl_ratio"] = round(self.ratio(which), 3)
             out[f"{which}_log_recovery"] = round(self.recovery(which), 3)
         out.update({f"decode_tokens_per_s_{k}": round(v, 2) for k, v in self.decode_tokens_per_s.items()})
-        out.update({f"added_memory_mib_{k}": round(v, 1) for k, v in self.added_memory_mib.items()})
+        out.update({f"memory_mib_{k}": round(v, 1) for k, v in self.memory_mib.items()})
         out.update({"decode_speedup": round(self.speedup, 3), "flop_reduction": round(self.flop_reduction, 3)})
         return out
 
@@ -96,6 +96,7 @@ def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, 
     ``realtext_blocks``: held-out windows ``[n, window]``. Speed: ``compare_speed`` of teacher and student (fp32
     weights, batch 1, 256 prompt + 64 new tokens, median of ``speed_repeats`` interleaved rounds)."""
     from ..evaluate import compare_speed, generate, perplexity
+    from ..evaluate.speed import model_memory_mib
 
     models = {"teacher": teacher, "pruned": pruned, "student": student}
     corpus = {k: perplexity(m, corpus_blocks, progress=False).ppl for k, m in models.items()}
@@ -111,7 +112,9 @@ def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, 
         corpus_ppl=corpus, realtext_ppl=real,
         decode_tokens_per_s={k: s.decode_tokens_per_s for k, s in speed.items()},
         prefill_tokens_per_s={k: s.prefill_tokens_per_s for k, s in speed.items()},
-        added_memory_mib={k: s.added_memory_mib for k, s in speed.items()},
+        memory_mib={k: model_memory_mib(models[k].config, sum(p.numel() for p in models[k].parameters()),
+                                        s.prompt_tokens + s.new_tokens, next(models[k].parameters()).element_size())
+                    for k, s in speed.items()},
         flops_per_token={k: flops_per_token(models[k]) for k in ("teacher", "student")},
         generations=[{"prompt": p, "teacher": t, "student": s}
                      for p, t, s in zip(prompts, answers["teacher"], answers["student"])])
@@ -126,8 +129,8 @@ def _results_table(ev: StudentEvaluation) -> str:
             ("log-space recovery of the pruning damage, real text", "100%", f"{ev.recovery('realtext'):.0%}"),
             ("decode tokens/s, batch 1 (fp32, this CPU)", f"{ev.decode_tokens_per_s['teacher']:.1f}",
              f"{ev.decode_tokens_per_s['student']:.1f} ({ev.speedup:.2f}x; FLOPs {ev.flop_reduction:.2f}x fewer)"),
-            ("memory added by a 256+64-token run, MiB", f"{ev.added_memory_mib['teacher']:.0f}",
-             f"{ev.added_memory_mib['student']:.0f}")]
+            ("memory at batch 1 after 256+64 tokens, MiB (weights + KV cache)", f"{ev.memory_mib['teacher']:.0f}",
+             f"{ev.memory_mib['student']:.0f}")]
     return "| | teacher | this model |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
 
 

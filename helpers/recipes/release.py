@@ -125,13 +125,13 @@ def students_table(folders: list[Path], choice: bool = True) -> str:
                     f"{m['realtext_ppl_student']:.2f} ({m['realtext_ppl_ratio']:.2f}x) | {acc_cell} | "
                     f"{m['decode_tokens_per_s_student']:.1f} / {m['decode_tokens_per_s_teacher']:.1f} "
                     f"({m['decode_speedup']:.2f}x; FLOPs {m['flop_reduction']:.2f}x) | "
-                    f"{m['added_memory_mib_student']:.0f} / {m['added_memory_mib_teacher']:.0f} | "
+                    f"{m['memory_mib_student']:.0f} / {m['memory_mib_teacher']:.0f} | "
                     f"{m['tokens_seen']:,} | {m['train_seconds'] / 60:.0f} min |")
         samples += [f"**{folder.name}**, prompt: {g['prompt']}\n\n- teacher: {g['teacher']}\n- student: {g['student']}"
                     for g in recipe.get("generations", [])]
     machine = _load(folders[0]).get("machine", "") if folders else ""
     header = ("| student | pruned | parameters | corpus ppl (x teacher) | real-text ppl (x teacher) | choice acc "
-              "(teacher) | decode tok/s student / teacher | added MiB student / teacher | tokens | time |\n"
+              "(teacher) | decode tok/s student / teacher | MiB (weights + KV) student / teacher | tokens | time |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", *samples]) + "\n"
 

@@ -25,7 +25,7 @@ __all__ = ["COLUMNS", "machine_line", "durations_table", "build_report", "update
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # every model: size, corpus and real-text perplexity, ratio to the teacher, log-space recovery, speed, memory, tokens
 COLUMNS = ("notebook", "parent", "method", "params", "non_embedding_params", "heldout_ppl", "realtext_ppl", "ppl_ratio",
-           "log_recovery", "decode_tokens_per_s", "peak_memory_mib", "tokens_seen")
+           "log_recovery", "decode_tokens_per_s", "memory_mib", "tokens_seen")
 
 
 def durations_table() -> str:
@@ -66,7 +66,10 @@ def build_report(current: str) -> str:
         "",
         "`parent` / `method`: from each checkpoint's recipe.json; `non_embedding_params`: without the embedding "
         "(and LM head when untied); `ppl_ratio`: perplexity over the teacher's; `log_recovery`: share of the pruning damage recovered, in "
-        "log-perplexity (100% = the teacher); decode speed and peak memory at batch 1 (`helpers/evaluate/speed.py`); "
+        "log-perplexity (100% = the teacher); `decode_tokens_per_s`: batch 1, median of interleaved rounds "
+        "(`helpers/evaluate/speed.py`); `memory_mib`: what the model holds at batch 1 after 256 + 64 tokens, fp32 "
+        "weights plus KV cache, from its config (`model_memory_mib`: on a CPU the resident set of a process that "
+        "holds several models cannot be split between them, so no per-model peak is measured there); "
         "– = not measured for that model.",
     ]
     lab = runs_dir() / "lab_verdicts.md"

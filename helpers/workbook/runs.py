@@ -79,7 +79,8 @@ def record_baseline(name: str, notebook: str, params: int, ppl: Any) -> str:
 def model_facts(name: str, params: int | None = None) -> dict[str, Any]:
     """What the saved checkpoint ``models/<name>`` says of itself: ``parent`` and ``method`` (its recipe.json: the
     last step's method), ``non_embedding_params`` (``params`` less the embedding and, when untied, the LM head, from
-    its config.json) and ``path``; ``{}`` when no checkpoint was saved under that name."""
+    its config.json), ``memory_mib`` (weights + KV cache at batch 1 after 320 tokens, fp32) and ``path``; ``{}`` when
+    no checkpoint was saved under that name."""
     folder = model_dir(name)
     try:
         recipe = json.loads((folder / "recipe.json").read_text())
@@ -92,15 +93,38 @@ def model_facts(name: str, params: int | None = None) -> dict[str, Any]:
     if params is not None and {"vocab_size", "hidden_size"} <= set(config):
         embeddings = config["vocab_size"] * config["hidden_size"]
         facts["non_embedding_params"] = params - embeddings * (1 if config.get("tie_word_embeddings", True) else 2)
-    return facts
+    return {**facts, **_memory(config, params)}
+
+
+def _memory(config: dict, params: int | None) -> dict[str, float]:
+    """``{"memory_mib": ...}`` (weights + KV cache at batch 1, :func:`helpers.evaluate.model_memory_mib`), or ``{}``."""
+    from ..evaluate.speed import model_memory_mib
+
+    try:
+        return {"memory_mib": round(model_memory_mib(config, params), 1)} if params else {}
+    except (TypeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def _teacher_facts(params: int | None) -> dict[str, Any]:
+    """The embedded teacher has no checkpoint under ``models/``: its config is in the teacher cache (never built here)."""
+    from ..models import DEFAULT_TEACHER, cache_root
+
+    try:
+        return _memory(json.loads((cache_root() / DEFAULT_TEACHER / "config.json").read_text()), params)
+    except (OSError, ValueError):
+        return {}
 
 
 def results_rows(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> list[dict[str, Any]]:
     """Every recorded model as a plain dict ``{"model": name, column: value, ...}``; ``None`` where not recorded.
-    Columns ``parent``, ``method``, ``non_embedding_params`` fall back on the saved checkpoint (:func:`model_facts`)."""
+    Columns ``parent``, ``method``, ``non_embedding_params``, ``memory_mib`` fall back on the saved checkpoint
+    (:func:`model_facts`; the teacher's config comes from the teacher cache)."""
     rows = []
     for name, rec in load_metrics().items():
-        facts = model_facts(name, rec.get("params")) if {"parent", "method", "non_embedding_params"} & set(columns) else {}
+        facts = {}
+        if {"parent", "method", "non_embedding_params", "memory_mib"} & set(columns):
+            facts = model_facts(name, rec.get("params")) or (_teacher_facts(rec.get("params")) if name == "teacher" else {})
         rows.append({"model": name, **{c: rec.get(c, facts.get(c)) for c in columns}})
     return rows
 
