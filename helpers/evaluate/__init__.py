@@ -10,10 +10,11 @@ from .cache import cached_perplexity, model_fingerprint
 from .choice import ChoiceItem, ChoiceScore, choice_loglikelihoods, load_choice_items, score_choices
 from .generation import generate
 from .perplexity import PERPLEXITY_WINDOW, Perplexity, perplexity
-from .speed import PeakMemory, Speed, compare_speed, measure_speed
+from .speed import PeakMemory, Speed, compare_speed, measure_speed, model_memory_mib
 from .summary import COMPONENTS, model_summary, parameters_by_component, plot_parameters
 
 __all__ = ["PERPLEXITY_WINDOW", "Perplexity", "perplexity", "generate", "PeakMemory", "Speed", "measure_speed",
-           "compare_speed", "COMPONENTS", "parameters_by_component", "model_summary", "plot_parameters",
+           "compare_speed", "model_memory_mib", "COMPONENTS", "parameters_by_component", "model_summary",
+           "plot_parameters",
            "ChoiceItem", "ChoiceScore", "load_choice_items", "choice_loglikelihoods", "score_choices",
            "cached_perplexity", "model_fingerprint", "AnswerAgreement", "answer_agreement"]

@@ -96,7 +96,7 @@ def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, 
     ``realtext_blocks``: held-out windows ``[n, window]``. Speed: ``compare_speed`` of teacher and student (fp32
     weights, batch 1, 256 prompt + 64 new tokens, median of ``speed_repeats`` interleaved rounds)."""
     from ..evaluate import compare_speed, generate, perplexity
-    from ..evaluate.speed import model_memory_mib
+    from ..evaluate import model_memory_mib
 
     models = {"teacher": teacher, "pruned": pruned, "student": student}
     corpus = {k: perplexity(m, corpus_blocks, progress=False).ppl for k, m in models.items()}

@@ -98,7 +98,7 @@ def model_facts(name: str, params: int | None = None) -> dict[str, Any]:
 
 def _memory(config: dict, params: int | None) -> dict[str, float]:
     """``{"memory_mib": ...}`` (weights + KV cache at batch 1, :func:`helpers.evaluate.model_memory_mib`), or ``{}``."""
-    from ..evaluate.speed import model_memory_mib
+    from ..evaluate import model_memory_mib
 
     try:
         return {"memory_mib": round(model_memory_mib(config, params), 1)} if params else {}
