@@ -212,6 +212,23 @@ def test_cached_perplexity_reads_a_subset_of_measured_windows_off_the_record(tin
     assert len(calls) == 4, "other weights: measured anew"
 
 
+def test_a_distillation_runs_final_evaluation_is_read_back_by_cached_perplexity(tiny_model, tmp_path, monkeypatch):
+    from helpers import distill as D
+    from helpers import evaluate as E
+    from helpers.evaluate import cache
+
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    teacher, student = tiny_model(seed=0), tiny_model(seed=1)
+    blocks = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    cfg = D.DistillConfig(max_steps=2, batch_size=2, disable_tqdm=True, bf16=False, eval_at_start=False)
+    run = D.distill(student, teacher, blocks, cfg, eval_blocks=blocks)
+    monkeypatch.setattr(cache, "perplexity", lambda *a, **k: pytest.fail("measured again"))
+    assert E.cached_perplexity("healed", run.student, blocks) == run.final_eval
+    assert E.cached_perplexity("healed", run.student, blocks[2:]).n_windows == 2  # a subset, read off the record
+    with pytest.raises(ValueError, match="not measured on these blocks"):
+        E.remember_perplexity("x", run.student, blocks[:3], run.final_eval)
+
+
 def test_compare_runs_uses_seed_bands_with_three_seeds_else_the_window_bootstrap():
     from helpers.evaluate import Perplexity
 

@@ -37,7 +37,7 @@ from transformers import default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
 from ..architecture import check_supported
-from ..evaluate import Perplexity
+from ..evaluate import Perplexity, remember_perplexity
 from ..hardware import best_device, fast_dtype
 from ..models import save_model
 from .config import DistillConfig, LayerMap
@@ -252,6 +252,9 @@ def _result(trainer: DistillTrainer, train_metrics: dict[str, Any], student: Pre
             "n_prompts": len(on_policy.prompts)}
     trained.student.workbook_steps = [*getattr(student, "workbook_steps", []), step]  # lineage, as in pruning
     callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, PerplexityCallback)), None)
+    if (callback and callback.last_result and callback.last_step == trainer.state.global_step
+            and trainer.accelerator.is_main_process):
+        remember_perplexity("distilled", trained.student, callback.blocks, callback.last_result)  # later notebooks read it
     return DistillResult(student=trained.student.eval(), history=history, tokens_seen=tokens_seen, config=config,
                          layer_map=layer_map, metrics=metrics, final_eval=callback and callback.last_result,
                          projections={k: v.detach().cpu() for k, v in trained.projections_state_dict().items()})

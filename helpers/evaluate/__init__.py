@@ -6,7 +6,7 @@ inference speed and memory, model summaries.
 """
 
 from .agreement import AnswerAgreement, answer_agreement
-from .cache import cached_perplexity, model_fingerprint
+from .cache import cached_perplexity, model_fingerprint, remember_perplexity
 from .choice import ChoiceItem, ChoiceScore, choice_loglikelihoods, load_choice_items, score_choices
 from .generation import generate
 from .perplexity import PERPLEXITY_WINDOW, Perplexity, perplexity
@@ -17,4 +17,4 @@ __all__ = ["PERPLEXITY_WINDOW", "Perplexity", "perplexity", "generate", "PeakMem
            "compare_speed", "model_memory_mib", "COMPONENTS", "parameters_by_component", "model_summary",
            "plot_parameters",
            "ChoiceItem", "ChoiceScore", "load_choice_items", "choice_loglikelihoods", "score_choices",
-           "cached_perplexity", "model_fingerprint", "AnswerAgreement", "answer_agreement"]
+           "cached_perplexity", "remember_perplexity", "model_fingerprint", "AnswerAgreement", "answer_agreement"]

@@ -6,6 +6,7 @@ weights and of the evaluated token ids (and labels), so a notebook reuses the nu
 changed model or changed windows are measured anew, never confused with the old ones. Each record also keeps a
 fingerprint per window, so a subset of windows already measured for these weights (the first 40 of the 106 the
 teacher was scored on in notebook 00, say) is read off the record, window by window, instead of measured again.
+:func:`remember_perplexity` records a result measured elsewhere (a distillation run's final evaluation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ from ..io import write_json_atomically
 from ..workbook.runs import runs_dir
 from .perplexity import Perplexity, perplexity
 
-__all__ = ["model_fingerprint", "cached_perplexity"]
+__all__ = ["model_fingerprint", "cached_perplexity", "remember_perplexity"]
 
 
 @torch.no_grad()
@@ -36,17 +38,17 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def _tokens_fingerprint(blocks: torch.Tensor, labels: torch.Tensor | None) -> str:
-    h = hashlib.sha256(blocks.to(torch.int64).contiguous().numpy().tobytes())
+    h = hashlib.sha256(blocks.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
     h.update(str(tuple(blocks.shape)).encode())
     if labels is not None:
-        h.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+        h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def _window_keys(blocks: torch.Tensor, labels: torch.Tensor | None) -> list[str]:
     """One fingerprint per window ``[n_windows]``: its token ids and, when given, its labels."""
-    rows = blocks if labels is None else torch.cat([blocks, labels], 1)
-    return [hashlib.sha256(row.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16] for row in rows]
+    rows = (blocks if labels is None else torch.cat([blocks, labels.to(blocks.device)], 1)).detach().to("cpu", torch.int64)
+    return [hashlib.sha256(row.contiguous().numpy().tobytes()).hexdigest()[:16] for row in rows]
 
 
 def _from_record(record: dict) -> Perplexity:
@@ -60,6 +62,8 @@ def _from_superset(pattern: str, keys: list[str], window: int) -> Perplexity | N
     for path in sorted((runs_dir() / "evals").glob(pattern)):
         try:
             record = json.loads(path.read_text())
+            if record["window_keys"] == keys and record.get("window") == window:
+                return _from_record(record)  # the same windows, measured under another name
             where = {k: i for i, k in enumerate(record["window_keys"])}
             rows = [where[k] for k in keys]
             nll = [float(record["window_nll"][i]) for i in rows]
@@ -94,3 +98,16 @@ def cached_perplexity(name: str, model: nn.Module, blocks: torch.Tensor, labels:
     result = perplexity(model, blocks, batch_size=batch_size, progress=progress, labels=labels)
     write_json_atomically(path, {**result.as_dict(), "window_keys": keys})
     return result
+
+
+def remember_perplexity(name: str, model: nn.Module, blocks: torch.Tensor, result: Perplexity,
+                        labels: torch.Tensor | None = None) -> Path:
+    """Record ``result``, a perplexity of ``model`` (these weights) on ``blocks`` ``[n_windows, window]`` measured
+    elsewhere by :func:`perplexity` (a distillation run's final evaluation, say), so that :func:`cached_perplexity`
+    of the same weights on these windows or a subset of them reads it instead of measuring again. Returns the file."""
+    if len(result.window_nll) != len(blocks):
+        raise ValueError(f"result has {len(result.window_nll)} per-window sums for {len(blocks)} windows: "
+                         "it was not measured on these blocks")
+    path = runs_dir() / "evals" / f"{name}-{model_fingerprint(model)}-{_tokens_fingerprint(blocks, labels)}.json"
+    write_json_atomically(path, {**result.as_dict(), "window_keys": _window_keys(blocks, labels)})
+    return path
