@@ -54,7 +54,7 @@ def test_results_rows_and_csv_round_trip(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "results.csv"]  # no temp file left
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["model", *report.COLUMNS]
+        assert reader.fieldnames == ["model", *report.COLUMNS, "decode_measured_on"]
         back = list(reader)
     assert back == [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
     assert float(back[1]["log_recovery"]) == 0.8734 and int(back[0]["params"]) == 134_515_008
@@ -102,3 +102,41 @@ def test_report_rows_name_parent_method_and_non_embedding_params_and_every_model
     for name in rows:  # every model the table lists with a checkpoint reloads with stock transformers
         if (model_dir(name) / "config.json").is_file():
             AutoModelForCausalLM.from_pretrained(model_dir(name))
+
+
+def _checkpoint(name: str, layers: int) -> None:
+    """A saved model's recipe and config (all the results rows read of a checkpoint), without weights."""
+    import json
+
+    from helpers.workbook import model_dir
+
+    folder = model_dir(name)
+    folder.mkdir(parents=True)
+    config = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": layers,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "recipe.json").write_text(json.dumps({"parent": "/x/teacher", "method": "kd"}))
+
+
+def test_an_untimed_model_shows_the_speed_of_a_timed_twin_architecture_marked(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RUNS", str(tmp_path))
+    monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path / "no-cache"))
+    for name, layers in (("early", 4), ("timed_elsewhere", 4), ("timed_here", 4), ("untimed", 4), ("other", 2)):
+        _checkpoint(name, layers)
+    runs.record_metrics("early", "03", {"params": 1000, "decode_tokens_per_s": 40.0})
+    runs.record_metrics("timed_elsewhere", "04", {"params": 1000, "decode_tokens_per_s": 50.0})
+    runs.record_metrics("other", "05", {"params": 900})  # a different architecture: nothing to borrow
+    runs.record_metrics("timed_here", "05", {"params": 1000, "decode_tokens_per_s": 60.0})
+    runs.record_metrics("untimed", "05", {"params": 1000})
+    runs.record_metrics("untimed @ 512 tokens", "06", {"params": 1000})  # a baseline row is its checkpoint
+    rows = {r["model"]: r for r in runs.results_rows(report.COLUMNS)}
+    assert (rows["untimed"]["decode_tokens_per_s"], rows["untimed"]["decode_measured_on"]) == (60.0, "timed_here")
+    assert rows["untimed @ 512 tokens"]["decode_measured_on"] == "early"  # no twin in 06: the first one recorded
+    assert rows["timed_elsewhere"]["decode_measured_on"] == "timed_elsewhere"  # a timed model keeps its own figure
+    assert (rows["other"]["decode_tokens_per_s"], rows["other"]["decode_measured_on"]) == (None, None)
+    table = {line.split(" | ")[0][2:]: line for line in runs.results_table(report.COLUMNS).splitlines()[2:]}
+    speed = 1 + report.COLUMNS.index("decode_tokens_per_s")
+    assert [table[n].split(" | ")[speed] for n in ("untimed", "timed_here", "other")] == ["≈60.0", "60.0", "–"]
+    with open(runs.write_results_csv(tmp_path / "results.csv", report.COLUMNS), newline="") as f:
+        back = {r["model"]: r for r in csv.DictReader(f)}
+    assert (back["untimed"]["decode_tokens_per_s"], back["untimed"]["decode_measured_on"]) == ("60.0", "timed_here")

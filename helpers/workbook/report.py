@@ -67,7 +67,9 @@ def build_report(current: str) -> str:
         "`parent` / `method`: from each checkpoint's recipe.json; `non_embedding_params`: without the embedding "
         "(and LM head when untied); `ppl_ratio`: perplexity over the teacher's; `log_recovery`: share of the pruning damage recovered, in "
         "log-perplexity (100% = the teacher); `decode_tokens_per_s`: batch 1, median of interleaved rounds "
-        "(`helpers/evaluate/speed.py`); `memory_mib`: what the model holds at batch 1 after 256 + 64 tokens, fp32 "
+        "(`helpers/evaluate/speed.py`), ≈ where the model was not timed itself and the figure is that of a timed model "
+        "with the same architecture (`decode_measured_on` in results.csv; dense kernels do not depend on the weights' "
+        "values: notebook 11 timed 50% zeros at the teacher's speed); `memory_mib`: what the model holds at batch 1 after 256 + 64 tokens, fp32 "
         "weights plus KV cache, from its config (`model_memory_mib`: on a CPU the resident set of a process that "
         "holds several models cannot be split between them, so no per-model peak is measured there); "
         "– = not measured for that model.",
