@@ -39,12 +39,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 RECIPE_NOTES = """\
 - Depth pruning for both sizes: in notebook 05 (laptop scale, equal tokens) the depth-pruned 60% student healed by
-  logit KD reached a lower perplexity than the width-pruned one on both the corpus and the real text; notebook 10's
-  width-against-depth claim tests the same question at the lab's budget.
-- Logit-only forward KL: notebook 04's best loss (reverse KL and adding CE did not help); intermediate-state KD
-  gained little in 05 and cannot run from a cache.
+  logit KD reached a lower perplexity than the width-pruned one on both the corpus and the real text, and notebook
+  10's width-against-depth claim comes out "disagrees" (depth better) on both texts. Untested at 80%.
+- Logit-only forward KL: reverse KL was far worse in 04. Adding CE to KD gave a lower corpus perplexity in 04 and in
+  10's lab (the bands separate) but was within noise on the real text the targets are measured on; intermediate-state
+  KD was better than logit-only in 05 (depth student: both texts) but needs the teacher's hidden states at every step,
+  so it cannot run from the cache. Both are the next recipes to try against this one.
 - Teacher top-64 log-probs cached once (notebook 04 shows what top-k keeps): no teacher forward per step.
-- One-shot pruning: the iterative family of notebook 09 is compared there at equal tokens.
+- One-shot pruning: in 09/10 the iterative family beat one-shot on the real text but lost on the corpus (mixed).
 - Tokens: what one hour of a 2-core bf16 CPU trains from the cache at 1 x 512 tokens per step (measured speed in
   each model card); the curve recorded during training shows what fewer tokens give.
 """
