@@ -41,10 +41,11 @@ RECIPE_NOTES = """\
 - Depth pruning for both sizes: in notebook 05 (laptop scale, equal tokens) the depth-pruned 60% student healed by
   logit KD reached a lower perplexity than the width-pruned one on both the corpus and the real text, and notebook
   10's width-against-depth claim comes out "disagrees" (depth better) on both texts. Untested at 80%.
-- Logit-only forward KL: reverse KL was far worse in 04. Adding CE to KD gave a lower corpus perplexity in 04 and in
-  10's lab (the bands separate) but was within noise on the real text the targets are measured on; intermediate-state
-  KD was better than logit-only in 05 (depth student: both texts) but needs the teacher's hidden states at every step,
-  so it cannot run from the cache. Both are the next recipes to try against this one.
+- Logit-only forward KL: reverse KL was far worse in 04. Adding CE to KD was within noise on the real text the
+  targets are measured on in every run of 04/10, and on the corpus it was "better" in one run and within noise in
+  the next (single seed: see the README's reporting notes). Intermediate-state KD was better than logit-only for the
+  depth-pruned student in 05 on both texts (reproduced across runs), but needs the teacher's hidden states at every
+  step, so it cannot run from the cache; for the next recipe to try against this one it is the first candidate.
 - Teacher top-64 log-probs cached once (notebook 04 shows what top-k keeps): no teacher forward per step.
 - One-shot pruning: in 09/10 the iterative family beat one-shot on the real text but lost on the corpus (mixed).
 - Tokens: what one hour of a 2-core bf16 CPU trains from the cache at 1 x 512 tokens per step (measured speed in
