@@ -115,7 +115,8 @@ def layer_importance(
 
     ``bi`` [L]: 1 - mean cos(input, output) of each layer (ShortGPT). ``drop_one`` [L]: LM-loss increase
     when that layer alone is skipped (one recorded pass over ``batches``, then each skipped pass resumes from
-    the recorded input of the skipped layer; ``extra["base_loss"]`` is the full model's). ``angular_n`` [L - n + 1] for each n in ``block_sizes`` (default 1..L-1): mean over
+    the recorded input of the skipped layer; ``extra["base_loss"]`` is the full model's). ``angular_n``
+    [L - n + 1] for each n in ``block_sizes`` (default 1..L-1): mean over
     ``angular_tokens`` ("last" as in Gromov et al., or "all") of arccos(cos(h_l, h_{l+n}))/pi;
     ``Importance.best_block(n)`` gives the start of smallest distance. The model is left unchanged.
     """

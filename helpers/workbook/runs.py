@@ -141,7 +141,9 @@ def results_rows(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> list[dict[str, 
         facts = {}
         if {"parent", "method", "non_embedding_params", "memory_mib", _SPEED} & set(columns):
             base = name.split(" @ ")[0]
-            facts = model_facts(base, rec.get("params")) or (_teacher_facts(rec.get("params")) if base == "teacher" else {})
+            facts = model_facts(base, rec.get("params"))
+            if not facts and base == "teacher":  # the embedded teacher: its config is in the teacher cache
+                facts = _teacher_facts(rec.get("params"))
         archs[name] = (facts.get("architecture"), rec.get("notebook"))
         rows.append({"model": name, **{c: rec.get(c, facts.get(c)) for c in columns}})
     if _SPEED in columns:
@@ -190,7 +192,8 @@ def results_table(columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> str:
 
 
 def write_results_csv(path: str | Path, columns: tuple[str, ...] = _DEFAULT_COLUMNS) -> Path:
-    """``results_rows(columns)`` as CSV (header ``model,<columns>`` and ``decode_measured_on`` with the speed; raw values, recovery as a fraction, an empty
+    """``results_rows(columns)`` as CSV (header ``model,<columns>`` and ``decode_measured_on`` with the speed;
+    raw values, recovery as a fraction, an empty
     field where none), written atomically. Returns the path."""
     buffer = io.StringIO()
     rows = results_rows(columns)
