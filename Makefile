@@ -49,7 +49,7 @@ bench: setup
 	$(PY) benchmarks/importance_overhead.py
 	$(PY) benchmarks/distill_step.py
 
-# The ~80% and ~60% students worth using: about an hour each on a 2-core bf16 CPU (resumable: run it again).
+# The ~80% and ~60% students worth using: 393,216 tokens each, about 1.5 h for both on a 2-core CPU in fp32 (resumable).
 students: setup
 	$(PY) -m helpers students
 
