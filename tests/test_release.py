@@ -68,6 +68,33 @@ def test_students_build_resume_and_report(tiny_teacher, tmp_path, monkeypatch):
     assert "`student-80`" in table and "`student-60`" in table and "## Recipes" in table
     assert (out / "students_tradeoff.png").stat().st_size > 0
     assert not any((out).glob(".student-*.checkpoints"))
+    for name in R.PRESETS:  # every ratio has its band, around the point estimate, and the table shows the verdicts
+        m = json.loads((out / name / "recipe.json").read_text())["metrics"]
+        for which in ("corpus", "realtext"):
+            low, high = m[f"{which}_ppl_ratio_band"]
+            assert low <= m[f"{which}_ppl_ratio"] * 1.001 and high >= m[f"{which}_ppl_ratio"] * 0.999
+    assert "real-text target" in table and ("met (<=" in table or "not met (>" in table or "within noise" in table)
+
+    # a student saved before bands were recorded gets them measured again, the same as recorded at the end of its run
+    recipe_path = out / "student-60" / "recipe.json"
+    recipe = json.loads(recipe_path.read_text())
+    recorded = {w: recipe["metrics"].pop(f"{w}_ppl_ratio_band") for w in ("corpus", "realtext")}
+    recipe_path.write_text(json.dumps(recipe))
+    again = R.ensure_bands(out / "student-60")["metrics"]
+    assert {w: again[f"{w}_ppl_ratio_band"] for w in recorded} == recorded
+    assert json.loads(recipe_path.read_text())["metrics"]["realtext_ppl_ratio_band"] == recorded["realtext"]
+    recipe["metrics"]["corpus_ppl_student"] *= 2  # not what these weights give: refused, nothing written
+    recipe_path.write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match="measured again"):
+        R.ensure_bands(out / "student-60")
+    assert "corpus_ppl_ratio_band" not in json.loads(recipe_path.read_text())["metrics"]
+
+
+def test_target_verdicts_need_the_whole_band_on_one_side():
+    assert R.target_verdict(1.2, [1.1, 1.29], 1.3).startswith("met")
+    assert R.target_verdict(1.5, [1.31, 1.7], 1.3).startswith("not met")
+    assert R.target_verdict(1.25, [1.1, 1.4], 1.3).startswith("within noise")
+    assert R.target_verdict(1.4, None, 1.3).startswith("not met")
 
 
 def _crash(*args, **kwargs):

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["CARD_PROMPTS", "StudentEvaluation", "flops_per_token", "evaluate_student", "student_card"]
+__all__ = ["CARD_PROMPTS", "StudentEvaluation", "flops_per_token", "ratio_band", "evaluate_student", "student_card"]
 
 CARD_PROMPTS = ("What is the capital of France, and what is it known for?",
                 "Give three tips for staying focused while studying.",
@@ -49,6 +49,7 @@ class StudentEvaluation:
     memory_mib: dict[str, float]
     flops_per_token: dict[str, int]
     generations: list[dict[str, str]] = field(default_factory=list)
+    ratio_band: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def ratio(self, which: str = "realtext") -> float:
         """The student's perplexity over the teacher's on ``corpus`` or ``realtext``."""
@@ -80,6 +81,8 @@ class StudentEvaluation:
             out.update({f"{which}_ppl_{k}": round(v, 3) for k, v in ppl.items()})
             out[f"{which}_ppl_ratio"] = round(self.ratio(which), 3)
             out[f"{which}_log_recovery"] = round(self.recovery(which), 3)
+            if which in self.ratio_band:
+                out[f"{which}_ppl_ratio_band"] = [round(x, 3) for x in self.ratio_band[which]]
         out.update({f"decode_tokens_per_s_{k}": round(v, 2) for k, v in self.decode_tokens_per_s.items()})
         out.update({f"memory_mib_{k}": round(v, 1) for k, v in self.memory_mib.items()})
         out.update({"decode_speedup": round(self.speedup, 3), "flop_reduction": round(self.flop_reduction, 3)})
@@ -87,6 +90,17 @@ class StudentEvaluation:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ratio_band(student, teacher, level: float = 0.95) -> tuple[float, float]:
+    """95% paired bootstrap interval over windows of ``ppl_student / ppl_teacher`` (both
+    :class:`~helpers.evaluate.Perplexity` on the same windows): ``exp`` of the interval of ``ln ppl_s - ln ppl_t``."""
+    import math
+
+    from ..workbook import paired_bootstrap_diff
+
+    low, high = paired_bootstrap_diff(student, teacher, level=level)
+    return math.exp(low), math.exp(high)
 
 
 def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, tokenizer, corpus_blocks,
@@ -99,8 +113,9 @@ def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, 
     from ..evaluate import model_memory_mib
 
     models = {"teacher": teacher, "pruned": pruned, "student": student}
-    corpus = {k: perplexity(m, corpus_blocks, progress=False).ppl for k, m in models.items()}
-    real = {k: perplexity(m, realtext_blocks, progress=False).ppl for k, m in models.items()}
+    scored = {which: {k: perplexity(m, blocks, progress=False) for k, m in models.items()}
+              for which, blocks in (("corpus", corpus_blocks), ("realtext", realtext_blocks))}
+    corpus, real = ({k: r.ppl for k, r in scored[w].items()} for w in ("corpus", "realtext"))
     positions = getattr(teacher.config, "max_position_embeddings", 2048)
     speed = compare_speed({"teacher": teacher, "student": student}, prompt_tokens=min(256, positions // 2),
                           new_tokens=min(64, positions // 4), repeats=speed_repeats, progress=False)
@@ -116,16 +131,23 @@ def evaluate_student(teacher: nn.Module, pruned: nn.Module, student: nn.Module, 
                                         s.prompt_tokens + s.new_tokens, next(models[k].parameters()).element_size())
                     for k, s in speed.items()},
         flops_per_token={k: flops_per_token(models[k]) for k in ("teacher", "student")},
+        ratio_band={w: ratio_band(r["student"], r["teacher"]) for w, r in scored.items()
+                    if len(r["student"].window_nll) > 1},
         generations=[{"prompt": p, "teacher": t, "student": s}
                      for p, t, s in zip(prompts, answers["teacher"], answers["student"])])
+
+
+def _ratio_cell(ev: StudentEvaluation, which: str) -> str:
+    band = ev.ratio_band.get(which)
+    return f"{ev.ratio(which):.2f}x" + (f", 95% band [{band[0]:.2f}, {band[1]:.2f}]x" if band else "")
 
 
 def _results_table(ev: StudentEvaluation) -> str:
     rows = [("parameters", f"{ev.teacher_params:,}", f"{ev.params:,} ({ev.params / ev.teacher_params:.0%})"),
             ("corpus perplexity (teacher-written text)", f"{ev.corpus_ppl['teacher']:.2f}",
-             f"{ev.corpus_ppl['student']:.2f} ({ev.ratio('corpus'):.2f}x)"),
+             f"{ev.corpus_ppl['student']:.2f} ({_ratio_cell(ev, 'corpus')})"),
             ("real-text perplexity (Python language reference)", f"{ev.realtext_ppl['teacher']:.2f}",
-             f"{ev.realtext_ppl['student']:.2f} ({ev.ratio('realtext'):.2f}x)"),
+             f"{ev.realtext_ppl['student']:.2f} ({_ratio_cell(ev, 'realtext')})"),
             ("log-space recovery of the pruning damage, real text", "100%", f"{ev.recovery('realtext'):.0%}"),
             ("decode tokens/s, batch 1 (fp32, this CPU)", f"{ev.decode_tokens_per_s['teacher']:.1f}",
              f"{ev.decode_tokens_per_s['student']:.1f} ({ev.speedup:.2f}x; FLOPs {ev.flop_reduction:.2f}x fewer)"),
@@ -166,7 +188,9 @@ The full lineage (every pruning and distillation step) is in `recipe.json`.
 Held-out perplexity by the workbook's protocol (512-token windows, stride 512): the embedded corpus's held-out
 split (text the teacher wrote on topics absent from training) and the real-text set (held-out part of the Python
 language reference that ships with CPython; neither model was trained on it). Recovery is measured in
-log-perplexity: 100% is the teacher, 0% the pruned model before distillation. Speed: greedy decode at batch 1,
+log-perplexity: 100% is the teacher, 0% the pruned model before distillation. A ratio's band is the 95% paired
+bootstrap interval over the windows (both models on the same windows; one training seed, so it does not cover
+training noise). Speed: greedy decode at batch 1,
 medians of interleaved rounds{f', {machine}' if machine else ''}.
 
 {_results_table(ev)}

@@ -1,10 +1,12 @@
 """``make students``: the two students the workbook hands out, ~80% and ~60% of the embedded teacher, each made with
-``python -m helpers shrink`` within the issue's budget of about one hour of a 2-core CPU with bf16.
+``python -m helpers shrink`` on a token budget meant as at most about one hour of a 2-core CPU with bf16 each.
 
 The budget is fixed in tokens (:data:`PRESETS`: 393,216 each, 768 steps of 512 tokens), so it means the same on
 every machine; the time it takes is measured and written into each model card. On a 2-core Xeon without fast bf16
 (fp32) both students and the shared teacher cache take about 1.5 hours; the command resumes, so a long run can be
-split: run ``make students`` again after an interruption and it continues from the last checkpoint. The recipe of each preset and the evidence it rests on are in :data:`RECIPE_NOTES`.
+split: run ``make students`` again after an interruption and it continues from the last checkpoint. The recipe of
+each preset and the evidence it rests on are in :data:`RECIPE_NOTES`; the targets each student is held to are
+:data:`TARGETS` and :data:`SPEED_TARGET`.
 
 Each student lands in ``runs/students/<name>/`` (stock HF checkpoint, ``recipe.json``, ``README.md`` model card).
 :func:`students_table` and :func:`plot_tradeoff` summarise them: parameters, corpus and real-text perplexity as
@@ -26,8 +28,8 @@ from matplotlib.figure import Figure
 
 from .shrink import ShrinkOptions
 
-__all__ = ["PRESETS", "RECIPE_NOTES", "preset_options", "finished", "build_students", "students_table",
-           "plot_tradeoff", "main"]
+__all__ = ["PRESETS", "TARGETS", "SPEED_TARGET", "RECIPE_NOTES", "preset_options", "finished", "build_students",
+           "target_verdict", "ensure_bands", "students_table", "plot_tradeoff", "main"]
 
 # One optimizer step = 1 x 512 tokens; the cache (top-64 teacher log-probs over the embedded corpus's train split,
 # 483k tokens, ~185 MB) is built once and shared by both students.
@@ -37,6 +39,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "student-80": {"target_params": "0.8", "kind": "depth", "tokens": 393_216, "learning_rate": 5e-4},
     "student-60": {"target_params": "0.6", "kind": "depth", "tokens": 393_216, "learning_rate": 1e-3},
 }
+# The targets each student is held to: real-text perplexity at most this many times the teacher's, and a batch-1
+# decode speed-up of at least SPEED_TARGET x its FLOP reduction.
+TARGETS: dict[str, float] = {"student-80": 1.3, "student-60": 2.5}
+SPEED_TARGET = 0.9
 RECIPE_NOTES = """\
 - Depth pruning for both sizes: in notebook 05 (laptop scale, equal tokens) the depth-pruned 60% student healed by
   logit KD reached a lower perplexity than the width-pruned one on both the corpus and the real text, and notebook
@@ -102,6 +108,55 @@ def _load(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "recipe.json").read_text())
 
 
+def target_verdict(ratio: float, band: list[float] | tuple[float, float] | None, target: float) -> str:
+    """``met`` when the whole 95% band of the perplexity ratio lies at or under ``target``, ``not met`` when it lies
+    above, ``within noise of`` the target when the band straddles it (no band: the point estimate decides)."""
+    low, high = band if band else (ratio, ratio)
+    if high <= target:
+        return f"met (<= {target}x)"
+    if low > target:
+        return f"not met (> {target}x)"
+    return f"within noise of {target}x"
+
+
+def ensure_bands(folder: Path, teacher_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The student's ``recipe.json`` with the 95% bands of its perplexity ratios to the teacher
+    (``<which>_ppl_ratio_band``); a student saved before shrink recorded them is measured again on the same
+    held-out windows (the point estimates must reproduce) and its ``recipe.json`` rewritten atomically.
+    ``teacher_cache``: the teacher's measurements, shared between students of one teacher."""
+    recipe = _load(folder)
+    m = recipe["metrics"]
+    if all(f"{w}_ppl_ratio_band" in m for w in ("corpus", "realtext")):
+        return recipe
+    from ..data import REAL_TEXT
+    from ..evaluate import PERPLEXITY_WINDOW, perplexity
+    from ..io import write_json_atomically
+    from ..models import load_model
+    from .card import ratio_band
+    from .shrink import _blocks
+
+    opts = recipe["options"]
+    student, tokenizer = load_model(str(folder))
+    cache = teacher_cache if teacher_cache is not None else {}
+    if opts["teacher"] not in cache:
+        cache[opts["teacher"]] = {"model": load_model(opts["teacher"])[0]}
+    teacher = cache[opts["teacher"]]
+    window = min(PERPLEXITY_WINDOW, teacher["model"].config.max_position_embeddings)
+    for which, source in (("corpus", opts["data"]), ("realtext", REAL_TEXT)):
+        blocks = _blocks(tokenizer, source, "heldout", window, int(opts["eval_windows"]))
+        if which not in teacher:
+            teacher[which] = perplexity(teacher["model"], blocks)
+        mine = perplexity(student, blocks)
+        for who, result in (("student", mine), ("teacher", teacher[which])):
+            recorded = m[f"{which}_ppl_{who}"]
+            if abs(result.ppl - recorded) > 1e-3 * recorded + 1e-3:
+                raise ValueError(f"{folder}: the {who}'s {which} perplexity measured again is {result.ppl:.3f}, its "
+                                 f"recipe.json says {recorded:.3f}: not the same windows or weights, no band written")
+        m[f"{which}_ppl_ratio_band"] = [round(x, 3) for x in ratio_band(mine, teacher[which])]
+    write_json_atomically(folder / "recipe.json", recipe)
+    return recipe
+
+
 def _choice(folder: Path, teacher_name: str) -> tuple[float, float] | None:
     """Multiple-choice accuracy (lm-eval protocol, ``acc``) of the teacher and the student on the local set."""
     from ..data import data_dir
@@ -119,26 +174,34 @@ def _choice(folder: Path, teacher_name: str) -> tuple[float, float] | None:
 def students_table(folders: list[Path], choice: bool = True) -> str:
     """The "Students you can use" markdown: one row per student (with the teacher's reference numbers beside it),
     the trade-off figure's caption, and three side-by-side samples per student."""
-    rows, samples = [], []
+    rows, samples, teacher_cache = [], [], {}
     for folder in folders:
-        recipe = _load(folder)
+        recipe = ensure_bands(folder, teacher_cache)
         m, opts = recipe["metrics"], recipe["options"]
         acc = _choice(folder, opts["teacher"]) if choice else None
         acc_cell = f"{acc[1]:.0%} ({acc[0]:.0%})" if acc else "–"
+        band = {w: m.get(f"{w}_ppl_ratio_band") for w in ("corpus", "realtext")}
+        ratio = {w: f"{m[f'{w}_ppl_ratio']:.2f}x" + (f" [{band[w][0]:.2f}, {band[w][1]:.2f}]" if band[w] else "")
+                 for w in band}
+        target = TARGETS.get(folder.name)
+        quality = target_verdict(m["realtext_ppl_ratio"], band["realtext"], target) if target else "–"
+        speed_share = m["decode_speedup"] / m["flop_reduction"]
+        speed = f"{speed_share:.2f} of the FLOP cut: {'met' if speed_share >= SPEED_TARGET else 'not met'}"
         rows.append(f"| `{folder.name}` | {opts['kind']} | {m['params']:,} ({m['params_ratio']:.0%}) | "
-                    f"{m['corpus_ppl_student']:.2f} ({m['corpus_ppl_ratio']:.2f}x) | "
-                    f"{m['realtext_ppl_student']:.2f} ({m['realtext_ppl_ratio']:.2f}x) | {acc_cell} | "
+                    f"{m['corpus_ppl_student']:.2f} ({ratio['corpus']}) | "
+                    f"{m['realtext_ppl_student']:.2f} ({ratio['realtext']}) | {quality} | {acc_cell} | "
                     f"{m['decode_tokens_per_s_student']:.1f} / {m['decode_tokens_per_s_teacher']:.1f} "
-                    f"({m['decode_speedup']:.2f}x; FLOPs {m['flop_reduction']:.2f}x) | "
+                    f"({m['decode_speedup']:.2f}x; FLOPs {m['flop_reduction']:.2f}x) | {speed} | "
                     f"{m['memory_mib_student']:.0f} / {m['memory_mib_teacher']:.0f} | "
                     f"{m['tokens_seen']:,} | {m['train_seconds'] / 60:.0f} min |")
         samples += [f"**{folder.name}**, prompt: {g['prompt']}\n\n- teacher: {g['teacher']}\n- student: {g['student']}"
                     for g in recipe.get("generations", [])]
     machine = _load(folders[0]).get("machine", "") if folders else ""
-    header = ("| student | pruned | parameters | corpus ppl (x teacher) | real-text ppl (x teacher) | choice acc "
-              "(teacher) | decode tok/s student / teacher | MiB (weights + KV) student / teacher | tokens | time |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", *samples]) + "\n"
+    header = ("| student | pruned | parameters | corpus ppl (x teacher [95% band]) | real-text ppl (x teacher "
+              "[95% band]) | real-text target | choice acc (teacher) | decode tok/s student / teacher | speed target (>= "
+              f"{SPEED_TARGET} of the FLOP cut) | MiB (weights + KV) student / teacher | tokens | time |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", BANDS_NOTE, "", *samples]) + "\n"
 
 
 def plot_tradeoff(folders: list[Path], shares: tuple[float, ...] = (0.25, 0.5, 1.0)) -> Figure:
@@ -166,6 +229,8 @@ def plot_tradeoff(folders: list[Path], shares: tuple[float, ...] = (0.25, 0.5, 1
     return fig
 
 
+BANDS_NOTE = ("Brackets: 95% paired bootstrap interval over the held-out windows of the ratio to the teacher (one "
+              "training seed: it does not cover training noise). A target is met when the whole band lies under it.")
 README_MARKERS = ("<!-- students:start -->", "<!-- students:end -->")
 
 
