@@ -194,35 +194,59 @@ def students_table(folders: list[Path], choice: bool = True) -> str:
                     f"({m['decode_speedup']:.2f}x; FLOPs {m['flop_reduction']:.2f}x) | {speed} | "
                     f"{m['memory_mib_student']:.0f} / {m['memory_mib_teacher']:.0f} | "
                     f"{m['tokens_seen']:,} | {m['train_seconds'] / 60:.0f} min |")
-        samples += [f"**{folder.name}**, prompt: {g['prompt']}\n\n- teacher: {g['teacher']}\n- student: {g['student']}"
-                    for g in recipe.get("generations", [])]
+        samples.append((folder.name, recipe.get("generations", [])))
     machine = _load(folders[0]).get("machine", "") if folders else ""
     header = ("| student | pruned | parameters | corpus ppl (x teacher [95% band]) | real-text ppl (x teacher "
-              "[95% band]) | real-text target | choice acc (teacher) | decode tok/s student / teacher | speed target (>= "
-              f"{SPEED_TARGET} of the FLOP cut) | MiB (weights + KV) student / teacher | tokens | time |\n"
+              "[95% band]) | real-text target | choice acc (teacher) | decode tok/s student / teacher | speed target "
+              f"(>= {SPEED_TARGET} of the FLOP cut) | MiB (weights + KV) student / teacher | tokens | time |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|")
-    return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", BANDS_NOTE, "", *samples]) + "\n"
+    return "\n".join([f"Trained and measured on: {machine}.", "", header, *rows, "", BANDS_NOTE, "",
+                      _samples_table(samples)]) + "\n"
+
+
+def _cell(text: str) -> str:
+    """One markdown table cell: line breaks as ``<br>``, pipes escaped."""
+    return text.strip().replace("|", "\\|").replace("\n", "<br>")
+
+
+def _samples_table(samples: list[tuple[str, list[dict[str, str]]]]) -> str:
+    """Greedy answers side by side: one row per prompt, the teacher's then each student's."""
+    prompts = list(dict.fromkeys(g["prompt"] for _, gens in samples for g in gens))
+    if not prompts:
+        return ""
+    by = {(name, g["prompt"]): g for name, gens in samples for g in gens}
+    teacher = {g["prompt"]: g["teacher"] for _, gens in samples for g in gens}
+    head = "| prompt | teacher | " + " | ".join(f"`{name}`" for name, _ in samples) + " |"
+    rows = [f"| {_cell(p)} | {_cell(teacher[p])} | " + " | ".join(
+        _cell(by[(name, p)]["student"]) if (name, p) in by else "–" for name, _ in samples) + " |" for p in prompts]
+    return "\n".join(["Greedy answers, side by side (first 48 new tokens):", "", head,
+                      "|" + "---|" * (2 + len(samples)), *rows])
 
 
 def plot_tradeoff(folders: list[Path], shares: tuple[float, ...] = (0.25, 0.5, 1.0)) -> Figure:
     """Real-text perplexity ratio to the teacher against parameters, one curve per share of the token budget (the
-    point of each student's training curve nearest that share); the teacher is the point (params, 1)."""
+    point of each student's training curve nearest that share); the teacher is the point (params, 1) and each
+    preset's target (:data:`TARGETS`) a red triangle."""
     from ..workbook import new_figure
 
     fig, ax = new_figure(6.5, 4.2)
-    recipes = sorted((_load(f) for f in folders), key=lambda r: r["metrics"]["params"])
+    named = sorted(((Path(f).name, _load(f)) for f in folders), key=lambda nr: nr[1]["metrics"]["params"])
     for share in shares:
         xs, ys = [], []
-        for r in recipes:
+        for _, r in named:
             curve, m = r.get("realtext_curve") or [], r["metrics"]
             if not curve:
                 continue
             point = min(curve, key=lambda p: abs(p["tokens_seen"] - share * m["tokens_seen"]))
             xs.append(m["params"] / 1e6)
             ys.append(point["realtext_ppl"] / m["realtext_ppl_teacher"])
-        ax.plot(xs, ys, "o-", label=f"{share:.0%} of the token budget")
-    if recipes:
-        ax.plot([recipes[0]["metrics"]["teacher_params"] / 1e6], [1.0], "k*", markersize=12, label="teacher")
+        tokens = f" ({round(share * named[-1][1]['metrics']['tokens_seen']):,} tokens)" if named else ""
+        ax.plot(xs, ys, "o-", label=f"{share:.0%} of the token budget{tokens}")
+    if named:
+        ax.plot([named[0][1]["metrics"]["teacher_params"] / 1e6], [1.0], "k*", markersize=12, label="teacher")
+    marks = [(r["metrics"]["params"] / 1e6, TARGETS[n]) for n, r in named if n in TARGETS]
+    if marks:
+        ax.plot(*zip(*marks), "rv", markersize=9, linestyle="none", label="target")
     ax.set(xlabel="parameters (M)", ylabel="real-text perplexity / teacher's", yscale="log",
            title="What more CPU time buys: quality against size")
     ax.legend()
