@@ -64,6 +64,7 @@ def test_students_build_resume_and_report(tiny_teacher, tmp_path, monkeypatch):
         assert recipe["parent"] == str(tiny_teacher) and recipe["options"]["kind"] == R.PRESETS[name]["kind"]
         card = (folder / "README.md").read_text()
         assert str(tiny_teacher) in card and "real-text perplexity" in card and "Recipe" in card
+        assert "95% band [" in card
     table = (out / "students.md").read_text()
     assert "`student-80`" in table and "`student-60`" in table and "## Recipes" in table
     assert (out / "students_tradeoff.png").stat().st_size > 0
@@ -88,6 +89,22 @@ def test_students_build_resume_and_report(tiny_teacher, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="measured again"):
         R.ensure_bands(out / "student-60")
     assert "corpus_ppl_ratio_band" not in json.loads(recipe_path.read_text())["metrics"]
+
+
+def test_ratio_band_is_the_exponentiated_paired_interval():
+    import math
+
+    from helpers.evaluate import Perplexity
+    from helpers.recipes.card import ratio_band
+
+    def result(nll):
+        return Perplexity(math.exp(sum(nll) / 40), sum(nll) / 40, 40, 4, 11, tuple(nll), (10,) * 4)
+
+    teacher = result([20.0, 22.0, 18.0, 25.0])
+    low, high = ratio_band(result([n + 10 * 0.5 for n in teacher.window_nll]), teacher)  # +0.5 nats on every token
+    assert low == pytest.approx(math.exp(0.5)) and high == pytest.approx(math.exp(0.5))
+    low, high = ratio_band(result([25.0, 22.0, 30.0, 25.0]), teacher)  # worse on some windows only
+    assert 1.0 <= low < high
 
 
 def test_target_verdicts_need_the_whole_band_on_one_side():
