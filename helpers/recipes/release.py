@@ -58,6 +58,16 @@ RECIPE_NOTES = """\
   what a whole `make students` can finish in about 1.5 hours of a 2-core CPU in fp32 (measured time in each model
   card; a 2-core CPU with fast bf16 is about twice as fast). The real-text curve recorded during training shows what
   fewer tokens gave; what more would give is the curve's trend, not a measurement.
+- Data is the limit (first complete run, 2026-12-07, 2-core Xeon without bf16, fp32; README table): the 80%
+  student's real-text ratio to the teacher was 3.33x after 49,152 tokens and 3.00x [2.80, 3.24] after 393,216, the
+  60% student's 14.5x and 10.1x [8.5, 12.4]; a straight line through each curve in log-log reaches the targets only
+  after about 1e10 (80%) and 2e8 (60%) tokens, far beyond the corpus (483k distinct tokens). A pilot with the same
+  recipe but calibration and distillation on the real-text source's train split (`python -m helpers shrink
+  --target-params 0.8 --kind depth --tokens 49152 --data python-reference --learning-rate 5e-4 --cache-top-k 64
+  --curve-points 4 --eval-windows 40`) reached 1.49x [1.37, 1.62] in 49,152 tokens, and its one-shot pruned start
+  was 46.9 against 113.9 with corpus calibration. That check is then in-distribution (held-out topics of the same
+  source), so the presets keep the corpus; distilling on broad human-written text, with the real-text set left
+  out, is the next recipe to try.
 """
 
 
