@@ -139,11 +139,11 @@ def ensure_bands(folder: Path, teacher_cache: dict[str, Any] | None = None) -> d
     if all(f"{w}_ppl_ratio_band" in m for w in ("corpus", "realtext")):
         return recipe
     from ..data import REAL_TEXT
-    from ..evaluate import PERPLEXITY_WINDOW, perplexity
+    from ..evaluate import perplexity
     from ..io import write_json_atomically
     from ..models import load_model
     from .card import ratio_band
-    from .shrink import _blocks
+    from .shrink import _heldout
 
     opts = recipe["options"]
     student, tokenizer = load_model(str(folder))
@@ -151,9 +151,8 @@ def ensure_bands(folder: Path, teacher_cache: dict[str, Any] | None = None) -> d
     if opts["teacher"] not in cache:
         cache[opts["teacher"]] = {"model": load_model(opts["teacher"])[0]}
     teacher = cache[opts["teacher"]]
-    window = min(PERPLEXITY_WINDOW, teacher["model"].config.max_position_embeddings)
     for which, source in (("corpus", opts["data"]), ("realtext", REAL_TEXT)):
-        blocks = _blocks(tokenizer, source, "heldout", window, int(opts["eval_windows"]))
+        blocks = _heldout(tokenizer, source, int(opts["eval_windows"]), teacher["model"].config)
         if which not in teacher:
             teacher[which] = perplexity(teacher["model"], blocks)
         mine = perplexity(student, blocks)

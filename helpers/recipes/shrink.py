@@ -187,11 +187,13 @@ def shrink(opts: ShrinkOptions) -> Path | None:
     return _finish(opts, teacher, student, tokenizer, result, arch, seconds, say)
 
 
-def _heldout(opts: ShrinkOptions, tokenizer, teacher, source: str):
+def _heldout(tokenizer, source: str, n_windows: int, config):
+    """``n_windows`` held-out evaluation windows of ``source`` ``[n, window]``, the window the protocol's
+    (``PERPLEXITY_WINDOW``) or the teacher ``config``'s context if shorter."""
     from ..evaluate import PERPLEXITY_WINDOW
 
-    window = min(PERPLEXITY_WINDOW, teacher.config.max_position_embeddings)
-    return _blocks(tokenizer, source, "heldout", window, opts.eval_windows)
+    window = min(PERPLEXITY_WINDOW, config.max_position_embeddings)
+    return _blocks(tokenizer, source, "heldout", window, n_windows)
 
 
 def _train(opts: ShrinkOptions, teacher, student, tokenizer, steps: int, world: int, main_process: bool, say):
@@ -213,7 +215,7 @@ def _train(opts: ShrinkOptions, teacher, student, tokenizer, steps: int, world: 
                                 train, top_k=opts.cache_top_k, progress=main_process)
     checkpoints = out.parent / f".{out.name}.checkpoints"
     resume = opts.resume and checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
-    curve = _heldout(opts, tokenizer, teacher, REAL_TEXT) if opts.curve_points else None
+    curve = _heldout(tokenizer, REAL_TEXT, opts.eval_windows, teacher.config) if opts.curve_points else None
     config = DistillConfig(max_steps=steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum,
                            learning_rate=opts.learning_rate, seed=opts.seed, logging_steps=max(1, steps // 20),
                            bf16={"auto": "auto", "on": True, "off": False}[opts.bf16], warmup_ratio=0.05,
@@ -253,8 +255,8 @@ def _finish(opts: ShrinkOptions, teacher, student, tokenizer, result, arch: dict
     from .card import evaluate_student, student_card
 
     say("evaluating: corpus and real-text perplexity, speed, samples")
-    ev = evaluate_student(teacher, student, result.student, tokenizer, _heldout(opts, tokenizer, teacher, opts.data),
-                          _heldout(opts, tokenizer, teacher, REAL_TEXT), speed_repeats=opts.speed_repeats)
+    corpus, real = (_heldout(tokenizer, source, opts.eval_windows, teacher.config) for source in (opts.data, REAL_TEXT))
+    ev = evaluate_student(teacher, student, result.student, tokenizer, corpus, real, speed_repeats=opts.speed_repeats)
     curve = [{"tokens_seen": h["tokens_seen"], "realtext_ppl": h["eval_ppl"]} for h in result.history if "eval_ppl" in h]
     metrics = {**ev.metrics(), "tokens_seen": result.tokens_seen, "train_seconds": round(seconds)}
     say(f"real-text perplexity {ev.realtext_ppl['student']:.2f} ({ev.ratio():.2f}x the teacher's), corpus "
